@@ -1,0 +1,115 @@
+"""Residual networks (He, Zhang, Ren & Sun 2015).
+
+A residual block adds its input back onto the output of a few convolutions, so each
+block only has to learn a correction to the identity. `Residual` is d2l's basic block
+(two 3x3 convolutions) used by ResNet-18 and -34; `Bottleneck` is torchvision's
+1x1-3x3-1x1 block used by ResNet-50. When a block changes the shape, the shortcut
+goes through a 1x1 convolution with the block's stride.
+"""
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxcnn.models.input_size import check_input_size, smallest_input
+
+
+class Residual(nn.Module):
+    """d2l's basic block: biased convolutions, no BatchNorm on the 1x1 shortcut."""
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: int = 1
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = partial(nn.Conv, self.num_channels, dtype=self.dtype)
+        norm = partial(
+            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
+        )
+        y = nn.relu(norm()(conv((3, 3), strides=self.strides, padding=1)(x)))
+        y = norm()(conv((3, 3), padding=1)(y))
+        if self.use_1x1conv:
+            x = conv((1, 1), strides=self.strides)(x)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's bottleneck (v1.5, stride on the 3x3): outputs 4 * num_channels channels;
+    bias-free convolutions, each followed by BatchNorm, also on the projection shortcut."""
+
+    num_channels: int
+    strides: int = 1
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = partial(
+            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
+        )
+        out_channels = self.expansion * self.num_channels
+        y = nn.relu(norm()(conv(self.num_channels, (1, 1))(x)))
+        y = nn.relu(norm()(conv(self.num_channels, (3, 3), strides=self.strides, padding=1)(y)))
+        y = norm()(conv(out_channels, (1, 1))(y))
+        if self.strides != 1 or x.shape[-1] != out_channels:
+            x = norm()(conv(out_channels, (1, 1), strides=self.strides)(x))
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """Stem (7x7 stride-2 convolution, BatchNorm, ReLU, 3x3 stride-2 max-pooling), stages of
+    residual blocks, global average pooling and a dense layer. `arch` lists (number of
+    blocks, channels) per stage; every stage after the first starts by halving height and
+    width. `bottleneck=False` is d2l's ResNet with `Residual` blocks (biased stem
+    convolution); `bottleneck=True` is torchvision's with `Bottleneck` blocks (bias-free)."""
+
+    arch: Sequence[tuple[int, int]] = ((2, 64), (2, 128), (2, 256), (2, 512))
+    bottleneck: bool = False
+    num_classes: int = 10
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @property
+    def min_input_size(self) -> int:
+        # the stem's 7x7 stride-2 convolution and 3x3 stride-2 max-pooling, then one
+        # 3x3 stride-2 convolution per later stage (the 1x1 shortcuts shrink no more)
+        return smallest_input([(7, 2, 3), (3, 2, 1)] + [(3, 2, 1)] * (len(self.arch) - 1))
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        check_input_size(type(self).__name__, x.shape, self.min_input_size)
+        block_fields = dict(
+            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+            bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+        )
+        x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            dtype=self.dtype, axis_name=self.bn_axis_name,
+        )(x)
+        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, (num_blocks, channels) in enumerate(self.arch):
+            for block in range(num_blocks):
+                strides = 2 if stage > 0 and block == 0 else 1
+                if self.bottleneck:
+                    x = Bottleneck(channels, strides, **block_fields)(x, train)
+                else:
+                    x = Residual(channels, use_1x1conv=strides == 2, strides=strides, **block_fields)(x, train)
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)

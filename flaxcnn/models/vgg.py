@@ -1,0 +1,54 @@
+"""VGG (Simonyan & Zisserman 2014), as in d2l's PyTorch code.
+
+A VGG block stacks 3x3 convolutions (padding 1, so the size is kept) and ends with a 2x2
+max-pooling that halves height and width. The network is a sequence of such blocks
+followed by AlexNet's dense head.
+"""
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxcnn.models.input_size import check_input_size, smallest_input
+
+VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+VGG13_ARCH = ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512))
+VGG16_ARCH = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+VGG19_ARCH = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
+
+
+def vgg_block(num_convs: int, channels: int, dtype: Any = jnp.float32) -> nn.Sequential:
+    """`num_convs` x (3x3 convolution + ReLU), then a 2x2 stride-2 max-pooling."""
+    layers = []
+    for _ in range(num_convs):
+        layers += [nn.Conv(channels, (3, 3), padding=1, dtype=dtype), nn.relu]
+    layers.append(partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2)))
+    return nn.Sequential(layers)
+
+
+class VGG(nn.Module):
+    """`conv_arch` lists (number of convolutions, channels) per block; `width_divisor`
+    thins every convolution (d2l uses 4 to train on Fashion-MNIST) but not the dense head."""
+
+    conv_arch: Sequence[tuple[int, int]] = VGG11_ARCH
+    width_divisor: int = 1
+    num_classes: int = 10
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @property
+    def min_input_size(self) -> int:
+        return smallest_input([(2, 2, 0)] * len(self.conv_arch))
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        check_input_size(type(self).__name__, x.shape, self.min_input_size)
+        for num_convs, channels in self.conv_arch:
+            x = vgg_block(num_convs, channels // self.width_divisor, self.dtype)(x)
+        x = x.reshape(x.shape[0], -1)
+        for _ in range(2):
+            x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -1,0 +1,81 @@
+"""Per-layer shapes, parameter counts and forward FLOPs of the zoo's models.
+
+    python -m flaxcnn.summary --model resnet18 --image-size 96 [--channels 1] [--num-classes 10]
+
+The table is flax's own `nn.tabulate` (output shape and parameters of every layer), the
+FLOPs are XLA's cost analysis of the compiled forward pass (evaluation mode, batch of one).
+Everything runs on abstract shapes, so even the largest models are summarised in seconds.
+"""
+import argparse
+import sys
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxcnn import models
+
+
+def param_count(variables_or_params) -> int:
+    """Number of values in a params tree, or in the 'params' collection of a variables dict.
+    Works on arrays and on the shape structs of `jax.eval_shape`."""
+    if isinstance(variables_or_params, Mapping) and "params" in variables_or_params:
+        variables_or_params = variables_or_params["params"]
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables_or_params))
+
+
+def model_stats(name: str, image_size: int, channels: int = 1, num_classes: int = 10, **overrides) -> dict:
+    """{'params': trainable parameters, 'batch_stats': BatchNorm statistics values,
+    'flops_per_image': forward FLOPs of one image in evaluation mode, 'min_input_size': pixels}."""
+    model = models.create(name, num_classes=num_classes, **overrides)
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+    forward = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+    cost = forward.lower(variables, image).compile().cost_analysis()
+    return {
+        "params": param_count(variables["params"]),
+        "batch_stats": param_count(variables.get("batch_stats", {})),
+        "flops_per_image": float(cost["flops"]),
+        "min_input_size": model.min_input_size,
+    }
+
+
+def layer_table(name: str, image_size: int, channels: int = 1, num_classes: int = 10, depth: int = 1,
+                **overrides) -> str:
+    """flax's table of every layer (nested `depth` modules deep) for a batch of one image."""
+    model = models.create(name, num_classes=num_classes, **overrides)
+    interactive = sys.stdout.isatty()
+    tabulate = nn.tabulate(
+        model, jax.random.key(0), depth=depth,
+        console_kwargs={"force_terminal": interactive, "width": None if interactive else 160},
+    )
+    return tabulate(jnp.zeros((1, image_size, image_size, channels)), train=False)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flaxcnn.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=models.names(), metavar="NAME",
+                        help=f"one of: {', '.join(models.names())}")
+    parser.add_argument("--image-size", type=int, default=224, help="height and width in pixels")
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--depth", type=int, default=1, help="how many levels of nested modules to list")
+    args = parser.parse_args(argv)
+    min_size = models.create(args.model).min_input_size
+    if args.image_size < min_size:
+        parser.error(f"{args.model} needs inputs of at least {min_size}x{min_size} pixels, "
+                     f"got {args.image_size}x{args.image_size}; pass a larger --image-size")
+    shape = dict(image_size=args.image_size, channels=args.channels, num_classes=args.num_classes)
+    stats = model_stats(args.model, **shape)
+    print(layer_table(args.model, depth=args.depth, **shape))
+    print(f"{args.model} on {args.image_size}x{args.image_size}x{args.channels} images, {args.num_classes} classes")
+    print(f"trainable parameters: {stats['params']:,}")
+    print(f"batch_stats values: {stats['batch_stats']:,}")
+    print(f"forward FLOPs per image: {stats['flops_per_image']:,.0f} ({stats['flops_per_image'] / 1e9:.3f} GFLOPs)")
+    print(f"smallest input: {stats['min_input_size']}x{stats['min_input_size']} pixels")
+
+
+if __name__ == "__main__":
+    main()

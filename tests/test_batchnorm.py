@@ -1,0 +1,152 @@
+"""Batch normalization from scratch: statistics over the right axes, moving averages, evaluation
+mode, and agreement with flax.linen.BatchNorm, also across pmap replicas."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxcnn.models.batchnorm import BatchNorm, batch_norm
+
+EPS = 1e-5
+CHANNEL_MEANS = np.array([5.0, -3.0, 10.0], np.float32)
+CHANNEL_SCALES = np.array([0.5, 2.0, 4.0], np.float32)
+
+
+def channel_data(shape, seed=0):
+    """Normal data whose channels (last axis) have very different means and scales."""
+    noise = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return noise * CHANNEL_SCALES + CHANNEL_MEANS
+
+
+def reference(x, gamma, beta, axes):
+    mean, var = x.mean(axes), x.var(axes)
+    return (x - mean) / np.sqrt(var + EPS) * gamma + beta, mean, var
+
+
+def normalize(x, moving_mean=None, moving_var=None, train=True, gamma=None, beta=None, **kwargs):
+    channels = x.shape[-1]
+    return batch_norm(
+        jnp.asarray(x),
+        jnp.ones(channels) if gamma is None else gamma,
+        jnp.zeros(channels) if beta is None else beta,
+        jnp.zeros(channels) if moving_mean is None else moving_mean,
+        jnp.ones(channels) if moving_var is None else moving_var,
+        eps=EPS, momentum=0.9, train=train, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("shape, axes", [((8, 6, 5, 3), (0, 1, 2)), ((64, 3), (0,))])
+def test_training_standardises_each_channel(shape, axes):
+    x = channel_data(shape)
+    y = np.asarray(normalize(x)[0])
+    np.testing.assert_allclose(y.mean(axes), 0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axes), 1, atol=1e-3)
+    # the channels' means differ, so statistics that mixed channels (d2l's JAX version averages
+    # N, W and C of NHWC inputs) would leave per-channel means far from 0; statistics per pixel
+    # would also give mean 0 and variance 1, but not the reference's values
+    np.testing.assert_allclose(y, reference(x, 1.0, 0.0, axes)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, axes", [((8, 6, 5, 3), (0, 1, 2)), ((64, 3), (0,))])
+def test_training_scales_shifts_and_updates_moving_statistics(shape, axes):
+    x = channel_data(shape, seed=1)
+    gamma, beta = np.array([2.0, 0.5, -1.0], np.float32), np.array([0.3, -0.2, 1.0], np.float32)
+    moving_mean, moving_var = np.array([0.1, 0.2, 0.3], np.float32), np.array([1.5, 0.5, 2.0], np.float32)
+    y, new_mean, new_var = normalize(x, moving_mean, moving_var, gamma=gamma, beta=beta)
+    expected_y, batch_mean, batch_var = reference(x, gamma, beta, axes)  # biased variance
+    np.testing.assert_allclose(y, expected_y, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(new_mean, 0.9 * moving_mean + 0.1 * batch_mean, rtol=1e-5)
+    np.testing.assert_allclose(new_var, 0.9 * moving_var + 0.1 * batch_var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 5, 3), (64, 3)])
+def test_evaluation_uses_and_keeps_the_moving_statistics(shape):
+    x = channel_data(shape, seed=2)
+    gamma, beta = np.array([2.0, 0.5, -1.0], np.float32), np.array([0.3, -0.2, 1.0], np.float32)
+    moving_mean, moving_var = np.array([4.0, -2.0, 9.0], np.float32), np.array([0.3, 3.0, 15.0], np.float32)
+    y, new_mean, new_var = normalize(x, moving_mean, moving_var, train=False, gamma=gamma, beta=beta)
+    np.testing.assert_allclose(y, (x - moving_mean) / np.sqrt(moving_var + EPS) * gamma + beta, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(new_mean, moving_mean)
+    np.testing.assert_array_equal(new_var, moving_var)
+
+
+def test_statistics_are_float32_for_bfloat16_inputs():
+    x = channel_data((16, 4, 4, 3), seed=3)
+    low = jnp.asarray(x, jnp.bfloat16)
+    y, new_mean, new_var = normalize(low)
+    assert new_mean.dtype == new_var.dtype == jnp.float32
+    exact = np.asarray(low, np.float32)
+    np.testing.assert_allclose(new_mean, 0.1 * exact.mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(new_var, 0.9 + 0.1 * exact.var((0, 1, 2)), rtol=1e-5)
+
+
+def test_other_ranks_are_refused():
+    with pytest.raises(ValueError, match=r"\(N, C\) or \(N, H, W, C\)"):
+        normalize(np.zeros((4, 5, 3), np.float32))
+
+
+# --- the module against flax.linen.BatchNorm -------------------------------------------
+
+MOMENTUM, MODULE_EPS = 0.8, 1e-3
+
+
+def scratch_and_flax(axis_name=None):
+    scratch = BatchNorm(momentum=MOMENTUM, epsilon=MODULE_EPS, axis_name=axis_name)
+    flax_bn = nn.BatchNorm(momentum=MOMENTUM, epsilon=MODULE_EPS, axis_name=axis_name)
+    return (lambda variables, x, train: scratch.apply(variables, x, train, mutable=["batch_stats"]),
+            lambda variables, x, train: flax_bn.apply(variables, x, use_running_average=not train,
+                                                      mutable=["batch_stats"]))
+
+
+def trained_variables(shape):
+    """Variables as both modules initialise them, with non-trivial scale and bias."""
+    x = jnp.asarray(channel_data(shape))
+    variables = BatchNorm().init(jax.random.key(0), x, train=False)
+    flax_variables = nn.BatchNorm(use_running_average=True).init(jax.random.key(0), x)
+    assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(flax_variables)
+    return {"params": {"scale": jnp.array([2.0, 0.5, -1.0]), "bias": jnp.array([0.3, -0.2, 1.0])},
+            "batch_stats": variables["batch_stats"]}
+
+
+@pytest.mark.parametrize("shape", [(8, 6, 5, 3), (64, 3)])
+def test_module_matches_flax_batch_norm(shape):
+    scratch, flax_bn = scratch_and_flax()
+    variables = trained_variables(shape)
+    ours, theirs = variables, variables
+    for step in range(2):
+        x = jnp.asarray(channel_data(shape, seed=10 + step))
+        y, ours_state = scratch(ours, x, True)
+        expected_y, theirs_state = flax_bn(theirs, x, True)
+        np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+        ours = {**ours, **ours_state}
+        theirs = {**theirs, **theirs_state}
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, theirs)
+    x = jnp.asarray(channel_data(shape, seed=20))
+    y, ours_state = scratch(ours, x, False)
+    expected_y, _ = flax_bn(theirs, x, False)
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ours_state, {"batch_stats": ours["batch_stats"]})
+
+
+def test_cross_replica_statistics_are_those_of_the_global_batch():
+    assert jax.local_device_count() == 4, "conftest.py should give four CPU devices"
+    shape = (4, 3, 5, 5, 3)  # replicas, per-replica batch, H, W, C
+    offsets = np.arange(4, dtype=np.float32).reshape(4, 1, 1, 1, 1) * 3.0  # replicas see different data
+    x = jnp.asarray(channel_data(shape) + offsets)
+    variables = trained_variables(shape[1:])
+    scratch, flax_bn = scratch_and_flax(axis_name="replicas")
+    replicated = jax.pmap(scratch, axis_name="replicas", in_axes=(None, 0, None), static_broadcasted_argnums=2)
+    y, state = replicated(variables, x, True)
+
+    single_device, _ = scratch_and_flax()
+    global_y, global_state = single_device(variables, x.reshape(-1, *shape[2:]), True)
+    np.testing.assert_allclose(np.asarray(y).reshape(global_y.shape), global_y, rtol=1e-4, atol=1e-4)
+    for replica in range(4):
+        replica_state = jax.tree_util.tree_map(lambda a: a[replica], state)
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), replica_state, global_state)
+
+    flax_replicated = jax.pmap(flax_bn, axis_name="replicas", in_axes=(None, 0, None), static_broadcasted_argnums=2)
+    flax_y, flax_state = flax_replicated(variables, x, True)
+    np.testing.assert_allclose(y, flax_y, rtol=1e-4, atol=1e-4)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state, flax_state)

@@ -1,0 +1,360 @@
+"""The model zoo: registry, parameter counts, d2l's layer shapes, smallest inputs, train/eval behaviour, dtypes."""
+import dataclasses
+import functools
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxcnn import models
+from flaxcnn.models.batchnorm import BatchNorm as ScratchBatchNorm
+from flaxcnn.summary import param_count
+
+KEY = jax.random.key(0)
+
+# trainable parameters with 1 input channel and 10 classes, at the input size d2l uses
+PARAM_COUNTS = {
+    "alexnet": (224, 46_764_746),
+    "vgg11": (224, 128_806_154),
+    "vgg13": (224, 128_990_666),
+    "vgg16": (224, 134_300_362),
+    "vgg19": (224, 139_610_058),
+    "nin": (224, 1_992_166),
+    "googlenet": (96, 5_977_530),
+    "lenet_bn": (28, 44_878),
+    "lenet_bn_scratch": (28, 44_878),
+    "resnet18": (96, 11_178_378),
+    "resnet34": (96, 21_290_250),
+    "resnet50": (96, 23_522_250),
+}
+MIN_INPUT_SIZES = {
+    "alexnet": 65, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32, "nin": 67, "googlenet": 1,
+    "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "resnet50": 1,
+}
+WITH_DROPOUT = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "nin"}
+WITH_BATCH_NORM = {"lenet_bn", "lenet_bn_scratch", "resnet18", "resnet34", "resnet50"}
+# The tests that compute run one model per architecture, at its smallest input (which shows that it
+# runs there): vgg13/16/19 and resnet34 differ from vgg11 and resnet18 only in their arch tuples,
+# which the shape-only tests cover.
+COMPUTED = ["alexnet", "vgg11", "nin", "googlenet", "lenet_bn", "lenet_bn_scratch", "resnet18", "resnet50"]
+
+
+def images(size, seed):
+    """Two random one-channel size x size images."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((2, size, size, 1), np.float32))
+
+
+def abstract_init(model, shape):
+    """Variables' shapes and dtypes, without computing them."""
+    image = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.eval_shape(lambda x: model.init(KEY, x, train=False), image)
+
+
+@functools.cache
+def initialized(name, size):
+    """Variables at flax's default scales (LeCun-normal kernels, unit BatchNorm scale and
+    variance) but drawn by numpy, and with small random biases so that no ReLU starts dead:
+    on CPU, XLA takes about a second per parameter tensor to compile model.init's random numbers."""
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        kind = path[-1].key
+        if kind == "kernel":
+            return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1])))
+        if kind == "bias":
+            return jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32))
+        return jnp.full(leaf.shape, 1.0 if kind in ("scale", "var") else 0.0, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract_init(models.create(name), (2, size, size, 1)))
+
+
+@functools.cache
+def forward(name, train, dtype=jnp.float32):
+    """The model's jitted (variables, images, dropout key) -> (logits, mutated variables)."""
+    model = models.create(name, dtype=dtype)
+
+    def apply(variables, x, dropout_key):
+        rngs = {"dropout": dropout_key} if train else {}  # evaluation must need no rng
+        return model.apply(variables, x, train=train, rngs=rngs, mutable=["batch_stats"])
+
+    # XLA's CPU optimizations take longer to compile than these tiny forward passes take to run
+    return jax.jit(apply, compiler_options={"xla_backend_optimization_level": 0})
+
+
+class EmptyLayerInput(Exception):
+    """A layer was handed an empty array."""
+
+
+def traced_ops(model, shape):
+    """(primitive, output shape and dtype) of every operation of an evaluation-mode forward pass, in order.
+    Raises EmptyLayerInput if any submodule receives an empty array."""
+
+    def refuse_empty(next_fun, args, kwargs, context):
+        if any(hasattr(arg, "shape") and np.prod(arg.shape) == 0 for arg in args):
+            raise EmptyLayerInput("/".join(context.module.path))
+        return next_fun(*args, **kwargs)
+
+    image = jax.ShapeDtypeStruct(shape, jnp.float32)
+    with nn.intercept_methods(refuse_empty):
+        variables = abstract_init(model, shape)
+        jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, image).jaxpr
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from walk(inner)
+
+    return [(eqn.primitive.name, var.aval) for eqn in walk(jaxpr) for var in eqn.outvars]
+
+
+def has_empty_layer(model, shape):
+    try:
+        ops = traced_ops(model, shape)
+    except EmptyLayerInput:
+        return True
+    return any(aval.size == 0 for _, aval in ops)
+
+
+def module_calls(model, shape):
+    """{module path: (input shape, output shape)} of every submodule call of an evaluation-mode forward pass."""
+    calls = {}
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.path:
+            calls["/".join(context.module.path)] = (args[0].shape, out.shape)
+        return out
+
+    with nn.intercept_methods(record):
+        abstract_init(model, shape)
+    return calls
+
+
+# --- registry --------------------------------------------------------------------------
+
+def test_names_are_the_chapters_models():
+    assert models.names() == list(PARAM_COUNTS)
+
+
+def test_unknown_name_lists_the_known_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet99'") as error:
+        models.create("resnet99")
+    assert all(name in str(error.value) for name in models.names())
+
+
+def test_unknown_override_names_the_field_and_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="no field 'widht_divisor'") as error:
+        models.create("vgg11", widht_divisor=4)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "valid fields: conv_arch, width_divisor, num_classes" in message
+
+
+def test_overrides_and_num_classes_reach_the_model():
+    model = models.create("vgg16", num_classes=7, width_divisor=4, dtype=jnp.bfloat16)
+    assert (model.num_classes, model.width_divisor, model.dtype) == (7, 4, jnp.bfloat16)
+    assert model.conv_arch == ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_only_batch_norm_models_have_bn_axis_name(name):
+    fields = {field.name for field in dataclasses.fields(models.create(name))}
+    assert ("bn_axis_name" in fields) == (name in WITH_BATCH_NORM)
+
+
+def test_models_import_without_tensorflow_or_training_libraries():
+    blocked = ["tensorflow", "tensorflow_datasets", "ml_collections", "clu"]
+    code = (f"import sys\nfor name in {blocked}: sys.modules[name] = None\n"
+            "import flaxcnn.models, flaxcnn.summary\n"
+            f"assert not any(name in sys.modules and sys.modules[name] for name in {blocked})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- sizes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_parameter_count(name):
+    size, expected = PARAM_COUNTS[name]
+    variables = abstract_init(models.create(name), (1, size, size, 1))
+    assert param_count(variables["params"]) == expected
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+
+
+def test_resnet18_batch_stats_and_thin_vgg11():
+    resnet18 = abstract_init(models.create("resnet18"), (1, 96, 96, 1))
+    assert param_count(resnet18["batch_stats"]) == 7_808
+    thin_vgg11 = abstract_init(models.create("vgg11", width_divisor=4), (1, 224, 224, 1))
+    assert param_count(thin_vgg11) == 43_093_322
+
+
+def test_lenet_bn_from_scratch_has_the_same_variables_as_with_flax_batch_norm():
+    with_flax = abstract_init(models.create("lenet_bn"), (1, 28, 28, 1))
+    from_scratch = abstract_init(models.create("lenet_bn_scratch"), (1, 28, 28, 1))
+    assert jax.tree_util.tree_structure(with_flax) == jax.tree_util.tree_structure(from_scratch)
+    assert jax.tree_util.tree_map(lambda a: a.shape, with_flax) == jax.tree_util.tree_map(
+        lambda a: a.shape, from_scratch)
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+@pytest.mark.parametrize("num_classes, channels", [(10, 1), (7, 3)])
+def test_logits_shape(name, num_classes, channels):
+    size = MIN_INPUT_SIZES[name]
+    model = models.create(name, num_classes=num_classes)
+    image = jax.ShapeDtypeStruct((2, size + 3, size, channels), jnp.float32)
+    logits, _ = jax.eval_shape(lambda x: model.init_with_output(KEY, x, train=False), image)
+    assert logits.shape == (2, num_classes)
+
+
+def test_alexnet_layer_shapes_match_d2l():
+    layers = [(op, aval.shape) for op, aval in traced_ops(models.create("alexnet"), (1, 224, 224, 1))
+              if op in ("conv_general_dilated", "reduce_window_max", "dot_general")]
+    assert layers == [
+        ("conv_general_dilated", (1, 54, 54, 96)),
+        ("reduce_window_max", (1, 26, 26, 96)),
+        ("conv_general_dilated", (1, 26, 26, 256)),
+        ("reduce_window_max", (1, 12, 12, 256)),
+        ("conv_general_dilated", (1, 12, 12, 384)),
+        ("conv_general_dilated", (1, 12, 12, 384)),
+        ("conv_general_dilated", (1, 12, 12, 256)),
+        ("reduce_window_max", (1, 5, 5, 256)),
+        ("dot_general", (1, 4096)),
+        ("dot_general", (1, 4096)),
+        ("dot_general", (1, 10)),
+    ]
+    assert module_calls(models.create("alexnet"), (1, 224, 224, 1))["Dense_0"][0] == (1, 6400)
+
+
+def test_googlenet_block_shapes_match_d2l():
+    calls = module_calls(models.create("googlenet"), (1, 96, 96, 1))
+    after_b1 = calls["Conv_1"][0]
+    after_b2 = calls["Inception_0"][0]
+    after_b3 = calls["Inception_2"][0]
+    after_b4 = calls["Inception_7"][0]
+    after_b5 = calls["Dense_0"][0]
+    assert [after_b1, after_b2, after_b3, after_b4, after_b5] == [
+        (1, 24, 24, 64), (1, 12, 12, 192), (1, 6, 6, 480), (1, 3, 3, 832), (1, 1024)]
+
+
+def test_resnet18_stage_shapes_match_d2l():
+    calls = module_calls(models.create("resnet18"), (1, 96, 96, 1))
+    after_stem = calls["Residual_0"][0]
+    after_stages = [calls[f"Residual_{i}"][1] for i in (1, 3, 5, 7)]
+    assert after_stem == (1, 24, 24, 64)
+    assert after_stages == [(1, 24, 24, 64), (1, 12, 12, 128), (1, 6, 6, 256), (1, 3, 3, 512)]
+    assert calls["Dense_0"][0] == (1, 512)
+
+
+# --- smallest inputs -------------------------------------------------------------------
+
+def without_input_check(monkeypatch, model):
+    monkeypatch.setattr(sys.modules[type(model).__module__], "check_input_size", lambda *args: None)
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_min_input_size_is_the_smallest_that_leaves_every_layer_non_empty(name, monkeypatch):
+    model = models.create(name)
+    size = model.min_input_size
+    assert size == MIN_INPUT_SIZES[name]
+    assert not has_empty_layer(model, (1, size, size, 1))
+    without_input_check(monkeypatch, model)
+    assert has_empty_layer(model, (1, size - 1, size - 1, 1))
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_too_small_input_raises_naming_the_minimum(name):
+    model = models.create(name)
+    size = model.min_input_size
+    message = f"needs inputs of at least {size}x{size} pixels"
+    for height, width in [(size - 1, size), (size, size - 1)]:
+        with pytest.raises(ValueError, match=message + f", got {height}x{width}"):
+            abstract_init(model, (1, height, width, 1))
+
+
+def test_vgg_min_input_size_follows_conv_arch(monkeypatch):
+    model = models.create("vgg11", conv_arch=((1, 8), (1, 8), (2, 8)))
+    assert model.min_input_size == 8
+    assert not has_empty_layer(model, (1, 8, 8, 1))
+    with pytest.raises(ValueError, match="at least 8x8"):
+        abstract_init(model, (1, 7, 8, 1))
+    without_input_check(monkeypatch, model)
+    assert has_empty_layer(model, (1, 7, 7, 1))
+
+
+# --- train and eval --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", COMPUTED)
+def test_train_and_eval_differ_only_by_dropout_and_batch_norm(name):
+    variables = initialized(name, MIN_INPUT_SIZES[name])
+    x = images(MIN_INPUT_SIZES[name], seed=2)
+    key1, key2 = jax.random.key(1), jax.random.key(2)
+    # evaluation gets no dropout rng (see forward), so it cannot depend on one
+    eval_logits, eval_state = forward(name, train=False)(variables, x, key1)
+    train_logits, train_state = forward(name, train=True)(variables, x, key1)
+    assert np.isfinite(train_logits).all() and np.isfinite(eval_logits).all()
+    assert np.abs(eval_logits).max() > 0
+
+    other_key_logits = forward(name, train=True)(variables, x, key2)[0]
+    if name in WITH_DROPOUT:
+        assert not np.allclose(train_logits, other_key_logits)
+    else:
+        np.testing.assert_array_equal(train_logits, other_key_logits)
+
+    if name in WITH_BATCH_NORM:
+        assert not np.allclose(train_logits, eval_logits)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, eval_state["batch_stats"],
+                               variables["batch_stats"])
+        changed = jax.tree_util.tree_map(lambda new, old: not np.allclose(new, old),
+                                         train_state["batch_stats"], variables["batch_stats"])
+        assert all(jax.tree_util.tree_leaves(changed))
+    else:
+        assert not eval_state and not train_state
+    if name not in WITH_DROPOUT | WITH_BATCH_NORM:
+        np.testing.assert_array_equal(train_logits, eval_logits)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_BATCH_NORM))
+def test_bn_axis_name_reaches_every_batch_norm(name):
+    axis_names = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.BatchNorm, ScratchBatchNorm)):
+            axis_names.append(context.module.axis_name)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract_init(models.create(name, bn_axis_name="replicas"), (1, 32, 32, 1))
+    expected = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53}
+    assert axis_names == ["replicas"] * expected[name]
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_bfloat16_convolutions_and_dense_layers_with_float32_params(name):
+    size = MIN_INPUT_SIZES[name]
+    model = models.create(name, dtype=jnp.bfloat16)
+    leaves = jax.tree_util.tree_leaves(abstract_init(model, (2, size, size, 1)))
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves)
+    layers = [aval.dtype for op, aval in traced_ops(model, (2, size, size, 1))
+              if op in ("conv_general_dilated", "dot_general")]
+    assert layers and all(dtype == jnp.bfloat16 for dtype in layers)
+
+
+# a plain, a BatchNorm-from-scratch, a flax-BatchNorm and a global-average-pooling network
+@pytest.mark.parametrize("name", ["alexnet", "lenet_bn_scratch", "resnet18", "nin"])
+def test_bfloat16_logits_are_close_to_float32(name):
+    size = MIN_INPUT_SIZES[name]
+    variables = initialized(name, size)
+    x = images(size, seed=3)
+    logits = forward(name, train=False)(variables, x, KEY)[0]
+    low = forward(name, train=False, dtype=jnp.bfloat16)(variables, x, KEY)[0]
+    assert low.dtype == jnp.bfloat16
+    low = np.asarray(low, np.float32)
+    assert np.isfinite(low).all()
+    scale = np.abs(logits).max()
+    np.testing.assert_allclose(low, logits, atol=0.05 * scale)
