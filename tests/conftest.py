@@ -1,9 +1,39 @@
 """Shared test setup: four fake CPU devices, so every run tests the multi-device code."""
+import importlib
 import os
+import tempfile
 
-# Must happen before jax is imported anywhere in the test session.
+# Must happen before jax is imported anywhere in the test session (subprocesses inherit it too).
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Runs of the same config compile the same programs: compile each once per machine.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "flaxcnn-tests-jax-cache"))
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+    """A tfds data_dir for the session: the bundled sample is prepared in it once."""
+    return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture
+def make_config(tfds_dir):
+    """make_config('batchnorm', num_epochs=2, ...): a chapter config with quiet, offline defaults."""
+
+    def make(name, **overrides):
+        config = importlib.import_module(f"configs.{name}").get_config()
+        config.data_dir = tfds_dir
+        config.progress = False
+        for key, value in overrides.items():
+            config[key] = value
+        return config
+
+    return make

@@ -1,0 +1,50 @@
+"""The shared base config: every field train.py reads, with its default. Other configs override it.
+
+    python train.py --config configs/default.py --config.dataset=fashion_mnist_sample
+
+trains LeNet with batch normalization (d2l 8.5) on the bundled Fashion-MNIST sample.
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+
+    # Model
+    config.model = "lenet_bn"                          # a name from flaxcnn.models.names()
+    config.model_overrides = ml_collections.ConfigDict()  # extra fields for flaxcnn.models.create
+    config.dtype = "float32"                           # compute dtype: float32 or bfloat16 (params stay float32)
+    config.sync_batch_stats = True                     # BatchNorm statistics over the global batch (False: per device)
+
+    # Data
+    config.dataset = "fashion_mnist"                   # a tfds image-classification dataset, or fashion_mnist_sample
+    config.data_dir = ""                               # tfds data_dir ("" = tfds's default)
+    config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
+    config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
+    config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
+
+    # Optimisation
+    config.batch_size = 128                            # global batch, split over all devices
+    config.eval_batch_size = 0                         # 0 = batch_size
+    config.num_epochs = 10
+    config.optimizer = "sgd"                           # sgd, momentum, nesterov, adamw
+    config.learning_rate = 0.1
+    config.momentum = 0.9                              # for momentum and nesterov
+    config.weight_decay = 0.0
+    config.lr_schedule = "constant"                    # constant, or cosine (with warmup_epochs of linear warmup)
+    config.warmup_epochs = 0.0
+    config.seed = 0                                    # fixes initialisation, data order and dropout
+
+    # Checkpoints (<workdir>/checkpoints)
+    config.checkpoint_every_epochs = 1
+    config.max_checkpoints = 3
+    config.restore = True                              # resume from the workdir's latest checkpoint
+    config.eval_only = False                           # evaluate the latest checkpoint on the test split, no training
+
+    # Output
+    config.progress = True                             # progress bar, when attached to a terminal
+    config.plots = True                                # curves.png every epoch; predictions.png, confusion.png at the end
+    config.tensorboard = True                          # TensorBoard event files in the workdir
+    config.reference_accuracy = ml_collections.config_dict.placeholder(float)  # d2l's published test accuracy
+
+    return config

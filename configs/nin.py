@@ -1,0 +1,16 @@
+"""Network in Network (d2l 8.3) on Fashion-MNIST at 224x224, as d2l trains it.
+
+    python train.py --config configs/nin.py
+
+Expected: test accuracy 0.877 after 10 epochs (d2l v1.0, JAX edition, published figure).
+"""
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model = "nin"
+    config.image_size = 224
+    config.learning_rate = 0.05
+    config.reference_accuracy = 0.877
+    return config

@@ -1,0 +1,114 @@
+"""Checkpoints with Orbax: saved asynchronously, resumed from the newest good one, never lost.
+
+A checkpoint holds a host pytree (`state`: parameters, batch statistics, optimizer state, step, rng
+keys, the running sums of a half-finished epoch) and a small JSON `meta` (epoch, step in the epoch,
+the device count it was saved with). Nothing in it depends on the device count, so a checkpoint
+saved on N devices restores on M.
+
+Damage is expected (a killed save, a truncated copy): a checkpoint that fails to restore is moved
+aside to `<workdir>/checkpoints-damaged/` with a warning, never deleted, and the next older one is
+tried. Orbax itself only deletes the oldest checkpoint after a newer one is complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import orbax.checkpoint as ocp
+
+from flaxcnn.errors import UserError
+
+TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+def warn(message: str):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+class Checkpoints:
+    """The `<workdir>/checkpoints` folder of one run."""
+
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3):
+        self.directory = Path(workdir).absolute() / "checkpoints"
+        self.damaged_directory = Path(workdir).absolute() / "checkpoints-damaged"
+        self._manager = None
+        self._max_to_keep = max_to_keep
+
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        if self._manager is None:
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
+                                                     enable_async_checkpointing=True))
+        return self._manager
+
+    def exists(self) -> bool:
+        """Whether the folder holds anything that looks like a checkpoint (finished or not)."""
+        return self.directory.is_dir() and any(
+            p.name.split(".")[0].isdigit() for p in self.directory.iterdir())
+
+    def unfinished(self) -> list[Path]:
+        """Temporary folders of saves that never finished (the process died while writing)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
+
+    def save(self, step: int, state, meta: dict):
+        """Starts writing in the background; returns at once."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)))
+
+    def wait(self):
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+
+    def close(self):
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+            self._manager = None
+
+    def restore_latest(self, target) -> tuple[object, dict] | None:
+        """The newest checkpoint that restores into the structure of `target`, as (state, meta).
+
+        Unfinished saves and damaged checkpoints are reported and skipped; None if no good one.
+        """
+        for path in self.unfinished():
+            warn(f"skipping the unfinished checkpoint {path} (a save was interrupted)")
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+                return restored["state"], dict(restored["meta"])
+            except Exception as e:  # any failure to read it back means it is unusable
+                self._set_aside(step, e)
+        return None
+
+    def _set_aside(self, step: int, error: Exception):
+        source = self.directory / str(step)
+        self.damaged_directory.mkdir(parents=True, exist_ok=True)
+        destination = self.damaged_directory / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.move(source, destination)
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        warn(f"checkpoint {source} is damaged ({reason}); moved it to {destination} and "
+             "trying an older one")
+        self.manager.reload()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+
+def require_writable(workdir: Path):
+    """Creates `workdir` if needed; a clear error if it cannot be written."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to workdir {workdir} ({e.strerror}); "
+                        "pass --workdir=DIR with a folder you can write to") from None

@@ -1,0 +1,398 @@
+"""Data-parallel training and evaluation: the jitted, `jax.pmap`-ped steps and the on-device input.
+
+Everything here runs on whatever `jax.local_devices()` holds (one CPU is the case N=1) and imports no
+TensorFlow, so `flaxcnn.bench` times exactly the code `train.py` trains with.
+
+Input lives on the devices as uint8: each device holds a full copy of the (in-memory) dataset, each
+epoch's permutation is drawn on device from (data key, epoch), and every step gathers its slice, scales
+to [0, 1] and resizes inside the compiled step. A "chunk" of steps runs as one `lax.while_loop` inside
+one pmapped call, so the host touches the devices about once a second, never once a step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import jax_utils
+from flax.training import train_state
+from jax import lax
+
+AXIS = "devices"  # the pmap axis: gradients, metrics and (by default) BatchNorm statistics average over it
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+
+
+def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 0.9,
+                     weight_decay: float = 0.0, lr_schedule: str = "constant",
+                     warmup_epochs: float = 0.0, num_epochs: int = 1, steps_per_epoch: int = 1):
+    """Returns `(tx, schedule)`: an optax transformation and its step -> learning-rate function."""
+    if lr_schedule == "constant":
+        schedule = optax.constant_schedule(learning_rate)
+    elif lr_schedule == "cosine":
+        total = max(1, int(num_epochs * steps_per_epoch))
+        warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=learning_rate, warmup_steps=warmup, decay_steps=total)
+    else:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+
+    if optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=weight_decay), schedule
+    if optimizer == "sgd":
+        tx = optax.sgd(schedule)
+    elif optimizer in ("momentum", "nesterov"):
+        tx = optax.sgd(schedule, momentum=momentum, nesterov=optimizer == "nesterov")
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if weight_decay:
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)  # L2 as in torch.optim.SGD
+    return tx, schedule
+
+
+def create_train_state(model, tx, key, input_shape: Sequence[int]) -> TrainState:
+    """Initialises `model` on one example of `input_shape` (H, W, C); float32 parameters."""
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+    if jax.default_backend() == "cpu":
+        # The initialisers' random numbers take XLA:CPU long to optimise (20 s for GoogLeNet) and
+        # run once: compile them without optimisation.
+        init = init.lower(key).compile({"xla_backend_optimization_level": 0,
+                                        "xla_llvm_disable_expensive_passes": True})
+    variables = init(key)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats"))
+    return state.replace(step=np.int32(0))
+
+
+# ----------------------------------------------------------------------------------------------- the step
+
+
+def preprocess(images, image_size: int, dtype) -> jax.Array:
+    """uint8 NHWC -> pixels / 255, bilinearly resized to image_size x image_size, in the compute dtype."""
+    x = images.astype(jnp.float32) / 255.0
+    n, h, w, c = x.shape
+    if (h, w) != (image_size, image_size):
+        x = jax.image.resize(x, (n, image_size, image_size, c), "bilinear")
+    return x.astype(dtype)
+
+
+def _variables(state: TrainState, params) -> dict:
+    if state.batch_stats is None:
+        return {"params": params}
+    return {"params": params, "batch_stats": state.batch_stats}
+
+
+def train_step(state: TrainState, images, labels, dropout_key, *, image_size: int, dtype,
+               sync_batch_stats: bool, enabled=True):
+    """One SGD step on this device's slice of the global batch, inside pmap.
+
+    Returns `(state, metrics, applied)`: gradients, loss and (without cross-replica BatchNorm) the
+    batch statistics are averaged over all devices; `metrics` are this step's global sums. The
+    update is applied only if the global loss and gradient are finite and `enabled` is true;
+    otherwise `state` comes back unchanged and `applied` is False.
+    """
+    x = preprocess(images, image_size, dtype)
+
+    def loss_fn(params):
+        if state.batch_stats is None:
+            logits = state.apply_fn(_variables(state, params), x, train=True,
+                                    rngs={"dropout": dropout_key})
+            new_stats = None
+        else:
+            logits, updates = state.apply_fn(_variables(state, params), x, train=True,
+                                             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+            new_stats = updates["batch_stats"]
+        logits = logits.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, new_stats)
+
+    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, AXIS)
+    if new_stats is not None and not sync_batch_stats:
+        new_stats = lax.pmean(new_stats, AXIS)  # per-device statistics, kept identical on all replicas
+    metrics = lax.psum({
+        "loss_sum": loss * labels.shape[0],
+        "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
+        "count": jnp.int32(labels.shape[0]),
+    }, AXIS)
+    applied = (jnp.isfinite(metrics["loss_sum"]) & jnp.isfinite(optax.tree.norm(grads))
+               & enabled)
+    state = lax.cond(applied,
+                     lambda: state.apply_gradients(grads=grads, batch_stats=new_stats),
+                     lambda: state)
+    return state, metrics, applied
+
+
+def zero_totals() -> dict:
+    """Running sums of an epoch (identical on every device). bad_step: first non-finite step, or -1."""
+    return {"loss_sum": np.float32(0), "correct": np.int32(0), "count": np.int32(0),
+            "bad_step": np.int32(-1)}
+
+
+def _counted_step(state, totals, images, labels, dropout_key, step_kwargs):
+    """A train step that adds to the epoch's totals; after a non-finite step, nothing changes."""
+    key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step), lax.axis_index(AXIS))
+    healthy = totals["bad_step"] < 0
+    new_state, metrics, applied = train_step(state, images, labels, key, enabled=healthy,
+                                             **step_kwargs)
+    totals = {
+        "loss_sum": totals["loss_sum"] + jnp.where(applied, metrics["loss_sum"], 0.0),
+        "correct": totals["correct"] + jnp.where(applied, metrics["correct"], 0),
+        "count": totals["count"] + jnp.where(applied, metrics["count"], 0),
+        "bad_step": jnp.where(healthy & ~applied, state.step.astype(jnp.int32),
+                              totals["bad_step"]),
+    }
+    return new_state, totals
+
+
+# ----------------------------------------------------------------------------------- compiled functions
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """What the compiled functions close over (changing any of it means a new compilation).
+
+    device_loop: run a chunk of steps as one `lax.while_loop` on the device (one dispatch per
+    chunk; best on GPU/TPU), or dispatch one compiled step per step without waiting for it (XLA:CPU
+    runs convolutions inside loop bodies several times slower, so this is the CPU default).
+    """
+    image_size: int
+    dtype: Any
+    batch_per_device: int
+    eval_batch_per_device: int
+    sync_batch_stats: bool = True
+    device_loop: bool = dataclasses.field(default_factory=lambda: jax.default_backend() != "cpu")
+
+    @property
+    def step_kwargs(self):
+        return dict(image_size=self.image_size, dtype=self.dtype,
+                    sync_batch_stats=self.sync_batch_stats)
+
+
+def make_train_chunk(cfg: StepConfig, devices=None):
+    """`chunk(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps)`.
+
+    Runs steps start .. start+num_steps-1 of the epoch (all of them pmapped, none waited for).
+    `images`/`labels` are the whole (per-process) training set on every device, `perm` the epoch's
+    order; device `local_index` of step `i` takes `perm[i*B + local_index*b : ... + b]`, where B is
+    the per-process batch, so the global batch of a step does not depend on the device count.
+    """
+    b = cfg.batch_per_device
+    local_devices = len(devices) if devices else jax.local_device_count()
+
+    def batch_at(images, labels, perm, local_index, i):
+        idx = lax.dynamic_slice(perm, ((i * local_devices + local_index) * b,), (b,))
+        return images[idx], labels[idx]
+
+    if cfg.device_loop:
+        def loop(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps):
+            def body(carry):
+                i, state, totals = carry
+                batch = batch_at(images, labels, perm, local_index, i)
+                return (i + 1, *_counted_step(state, totals, *batch, dropout_key, cfg.step_kwargs))
+
+            def cond(carry):
+                i, _, totals = carry
+                return (i < start + num_steps) & (totals["bad_step"] < 0)
+
+            _, state, totals = lax.while_loop(cond, body, (jnp.int32(start), state, totals))
+            return state, totals
+
+        return jax.pmap(loop, AXIS, in_axes=(0, 0, 0, 0, 0, 0, None, None, None), devices=devices,
+                        donate_argnums=(0, 1))
+
+    def one_step(state, totals, images, labels, perm, local_index, dropout_key, i):
+        batch = batch_at(images, labels, perm, local_index, i)
+        return _counted_step(state, totals, *batch, dropout_key, cfg.step_kwargs)
+
+    step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, 0, 0, None, None), devices=devices,
+                    donate_argnums=(0, 1))
+
+    def dispatch(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps):
+        for i in range(start, start + num_steps):
+            state, totals = step(state, totals, images, labels, perm, local_index, dropout_key,
+                                 np.int32(i))
+        return state, totals
+
+    return dispatch
+
+
+def make_train_batch(cfg: StepConfig, devices=None):
+    """pmapped `(state, totals, images, labels, dropout_key)`: one step on a streamed batch
+    (b, H, W, C) on each device."""
+
+    def one_step(state, totals, images, labels, dropout_key):
+        return _counted_step(state, totals, images, labels, dropout_key, cfg.step_kwargs)
+
+    return jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, None), devices=devices,
+                    donate_argnums=(0, 1))
+
+
+def _eval_logits(state, images, image_size, dtype):
+    x = preprocess(images, image_size, dtype)
+    return state.apply_fn(_variables(state, state.params), x, train=False).astype(jnp.float32)
+
+
+def _eval_sums(logits, labels, mask):
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    preds = jnp.argmax(logits, -1).astype(jnp.int32)
+    return {"loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
+            "correct": jnp.sum((preds == labels) & mask).astype(jnp.int32),
+            "count": jnp.sum(mask).astype(jnp.int32)}, preds
+
+
+def make_evaluate(cfg: StepConfig, devices=None):
+    """pmapped `(state, images, labels, local_index, num_steps)` -> (global sums, predictions).
+
+    Covers each of the N on-device test examples exactly once: step s of device d takes examples
+    (s*local_devices + d)*e .. +e, clipped and masked past N. `num_steps` must be the same on every
+    process. Predictions come back per device as (num_steps, e), in that order.
+    """
+    e = cfg.eval_batch_per_device
+    local_devices = len(devices) if devices else jax.local_device_count()
+
+    def evaluate(state, images, labels, local_index, num_steps):
+        n = images.shape[0]
+
+        def body(s, carry):
+            sums, preds = carry
+            idx = (s * local_devices + local_index) * e + jnp.arange(e)
+            mask = idx < n
+            idx = jnp.minimum(idx, n - 1)
+            logits = _eval_logits(state, images[idx], cfg.image_size, cfg.dtype)
+            step_sums, step_preds = _eval_sums(logits, labels[idx], mask)
+            sums = jax.tree.map(jnp.add, sums, step_sums)
+            return sums, preds.at[s].set(step_preds)
+
+        zeros = {"loss_sum": jnp.float32(0), "correct": jnp.int32(0), "count": jnp.int32(0)}
+        sums, preds = lax.fori_loop(0, num_steps, body,
+                                    (zeros, jnp.zeros((num_steps, e), jnp.int32)))
+        return lax.psum(sums, AXIS), preds
+
+    return jax.pmap(evaluate, AXIS, in_axes=(0, 0, 0, 0, None), static_broadcasted_argnums=(4,),
+                    devices=devices)
+
+
+def make_evaluate_batch(cfg: StepConfig, devices=None):
+    """pmapped `(state, images, labels, mask)` for streamed test batches -> (global sums, predictions)."""
+
+    def evaluate(state, images, labels, mask):
+        sums, preds = _eval_sums(_eval_logits(state, images, cfg.image_size, cfg.dtype), labels, mask)
+        return lax.psum(sums, AXIS), preds
+
+    return jax.pmap(evaluate, AXIS, devices=devices)
+
+
+def make_permutation(devices=None):
+    """pmapped `(local_index, data_key, epoch, n)` -> the epoch's order of the n examples, drawn on
+    each device from (data_key, epoch) alone, so identical everywhere."""
+
+    def permutation(local_index, data_key, epoch, n):
+        del local_index  # only gives pmap its device axis
+        return jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
+
+    return jax.pmap(permutation, AXIS, in_axes=(0, None, None, None),
+                    static_broadcasted_argnums=(3,), devices=devices)
+
+
+# -------------------------------------------------------------------------------------- host-side glue
+
+
+def replicate(tree, devices=None):
+    """A host pytree -> a copy on each local device, laid out exactly like pmap's outputs (so
+    feeding it back to a pmapped function does not compile a second version)."""
+    return jax_utils.replicate(tree, devices, axis_name=AXIS)
+
+
+def unreplicate(tree):
+    """The first device's copy of a pmapped (or replicated) pytree, fetched to host numpy."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def local_indices(devices=None):
+    """Each local device's position among the local devices, as a pmapped argument."""
+    devices = list(devices or jax.local_devices())
+    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+    return jax.device_put(np.arange(len(devices), dtype=np.int32),
+                          jax.NamedSharding(mesh, jax.P(AXIS)))
+
+
+class DeviceData:
+    """A uint8 dataset held on every device, with its per-epoch permutations."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, devices=None):
+        self.num_examples = len(images)
+        self.images = replicate(np.asarray(images, np.uint8), devices)
+        self.labels = replicate(np.asarray(labels, np.int32), devices)
+        self.local_index = local_indices(devices)
+        self._permutation = make_permutation(devices)
+
+    def permutation(self, data_key, epoch: int):
+        return self._permutation(self.local_index, data_key, epoch, self.num_examples)
+
+
+def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) -> int:
+    return max(1, math.ceil(num_examples / (eval_batch_per_device * num_devices)))
+
+
+def gather_predictions(preds, num_examples: int) -> np.ndarray:
+    """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
+    preds = np.asarray(preds)
+    return preds.transpose(1, 0, 2).reshape(-1)[:num_examples]
+
+
+@dataclasses.dataclass
+class ChunkTimer:
+    """Sizes chunks of steps so that each pmapped call takes about `target_seconds`.
+
+    The first call compiles, so it runs one step and is not timed; the second runs one step and
+    is timed; later calls run as many steps as fit the target.
+    """
+    target_seconds: float = 1.0
+    seconds_per_step: float | None = None
+    compiled: bool = False
+
+    def next_size(self, remaining: int) -> int:
+        if self.seconds_per_step is None:
+            return min(1, remaining)
+        return int(max(1, min(remaining, self.target_seconds / self.seconds_per_step)))
+
+    def record(self, steps: int, seconds: float):
+        if not self.compiled:
+            self.compiled = True
+            return
+        per_step = max(seconds / steps, 1e-6)
+        self.seconds_per_step = per_step if self.seconds_per_step is None else (
+            0.5 * self.seconds_per_step + 0.5 * per_step)
+
+
+def train_epoch_on_device(train_chunk, state, totals, data: DeviceData, *, data_key, dropout_key,
+                          epoch: int, start_step: int, steps_per_epoch: int,
+                          timer: ChunkTimer) -> Iterator[tuple[Any, Any, int]]:
+    """Runs one epoch from `start_step`, yielding `(state, totals, steps_done)` after every chunk.
+
+    The caller may stop iterating at any yield (an interrupt) and keep the state it got.
+    """
+    perm = data.permutation(data_key, epoch)
+    step = start_step
+    while step < steps_per_epoch:
+        n = timer.next_size(steps_per_epoch - step)
+        t0 = time.perf_counter()
+        state, totals = train_chunk(state, totals, data.images, data.labels, perm, data.local_index,
+                                    dropout_key, step, n)
+        jax.block_until_ready(totals)
+        timer.record(n, time.perf_counter() - t0)
+        step += n
+        yield state, totals, step

@@ -1,0 +1,211 @@
+"""The pmapped train and eval functions on 4 fake CPU devices (see conftest.py)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxcnn import models, training
+
+IMAGE = (12, 12, 1)
+
+
+def images_and_labels(n, seed=0, shape=IMAGE):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+            rng.integers(0, 10, n).astype(np.int32))
+
+
+def lenet_state(model, lr=0.1, optimizer="momentum"):
+    tx, _ = training.create_optimizer(optimizer=optimizer, learning_rate=lr)
+    return training.create_train_state(model.clone(bn_axis_name=None), tx, jax.random.PRNGKey(0),
+                                       (28, 28, 1)).replace(apply_fn=model.apply)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_setup(num_devices, global_batch, sync_batch_stats, lr, dtype, device_loop):
+    """The initial state and pmapped chunk function, shared by tests so each compiles once."""
+    devices = jax.devices()[:num_devices]
+    model = models.create("lenet_bn", dtype=dtype)
+    if sync_batch_stats:
+        model = model.clone(bn_axis_name=training.AXIS)
+    cfg = training.StepConfig(image_size=28, dtype=dtype,
+                              batch_per_device=global_batch // num_devices,
+                              eval_batch_per_device=8, sync_batch_stats=sync_batch_stats,
+                              device_loop=device_loop)
+    return devices, lenet_state(model, lr), training.make_train_chunk(cfg, devices)
+
+
+def train_steps(num_devices, *, global_batch, chunks, sync_batch_stats=True, lr=0.1,
+                dtype=jnp.float32, data=None, device_loop=False):
+    """Runs len(chunks) chunks of chunks[i] steps each; returns host state and totals."""
+    devices, state, chunk = compiled_setup(num_devices, global_batch, sync_batch_stats, lr, dtype,
+                                           device_loop)
+    device_data = training.DeviceData(*(data or images_and_labels(global_batch * sum(chunks))),
+                                      devices)
+    state = training.replicate(state, devices)
+    totals = training.replicate(training.zero_totals(), devices)
+    perm = device_data.permutation(jax.random.PRNGKey(1), 0)
+    start = 0
+    for n in chunks:
+        state, totals = chunk(state, totals, device_data.images, device_data.labels, perm,
+                              device_data.local_index, jax.random.PRNGKey(2), start, n)
+        start += n
+    return training.unreplicate(state), training.unreplicate(totals)
+
+
+def max_abs_difference(a, b):
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_pmapped_step_equals_one_device_step_on_the_global_batch():
+    four = train_steps(4, global_batch=32, chunks=[1])
+    one = train_steps(1, global_batch=32, chunks=[1])
+    assert four[0].step == one[0].step == 1
+    assert max_abs_difference(four[0].params, one[0].params) < 1e-5
+    assert max_abs_difference(four[0].batch_stats, one[0].batch_stats) < 1e-5
+    assert four[1]["count"] == one[1]["count"] == 32
+    assert four[1]["correct"] == one[1]["correct"]
+    np.testing.assert_allclose(four[1]["loss_sum"], one[1]["loss_sum"], rtol=1e-5)
+    # ...and the update did something.
+    assert max_abs_difference(four[0].params, lenet_state(models.create("lenet_bn")).params) > 1e-3
+
+
+def test_per_device_batch_statistics_differ_from_global_ones():
+    # Flat grey images of random brightness: the per-device batch means differ a lot.
+    levels = np.random.default_rng(0).integers(0, 256, 32).astype(np.uint8)
+    flat = (np.broadcast_to(levels[:, None, None, None], (32, *IMAGE)).copy(),
+            np.zeros(32, np.int32))
+    synced = train_steps(4, global_batch=32, chunks=[1], data=flat)
+    per_device = train_steps(4, global_batch=32, chunks=[1], data=flat,
+                             sync_batch_stats=False)
+    # Per-device means average to the global mean. Per-device variances average to less than the
+    # global variance (total variance = mean of the variances + variance of the means).
+    bn = "BatchNorm_0"
+    np.testing.assert_allclose(per_device[0].batch_stats[bn]["mean"],
+                               synced[0].batch_stats[bn]["mean"], rtol=1e-4, atol=1e-6)
+    batch_var = lambda s: (s.batch_stats[bn]["var"] - 0.9) / 0.1  # undo the momentum-0.9 update
+    assert np.all(batch_var(per_device[0]) < 0.99 * batch_var(synced[0]))
+
+
+@pytest.mark.parametrize("device_loop", [False, True])
+def test_chunking_does_not_change_a_single_bit(device_loop):
+    a = train_steps(2, global_batch=8, chunks=[1, 5], device_loop=device_loop)
+    b = train_steps(2, global_batch=8, chunks=[3, 2, 1], device_loop=device_loop)
+    assert a[0].step == b[0].step == 6
+    assert max_abs_difference(a[0].params, b[0].params) == 0
+    assert max_abs_difference(a[0].opt_state, b[0].opt_state) == 0
+    assert a[1] == b[1]
+
+
+@pytest.mark.parametrize("device_loop", [False, True])
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(device_loop):
+    good = train_steps(2, global_batch=8, chunks=[1], lr=1e30, device_loop=device_loop)
+    bad = train_steps(2, global_batch=8, chunks=[1, 4], lr=1e30, device_loop=device_loop)
+    assert good[1]["bad_step"] == -1
+    assert bad[1]["bad_step"] >= 1
+    assert bad[0].step == bad[1]["bad_step"]  # the step that failed was not applied
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(bad[0].params))
+    assert bad[1]["count"] == 8 * bad[1]["bad_step"]  # only the good steps were counted
+
+
+def test_steps_in_a_device_loop_match_steps_dispatched_one_by_one():
+    looped = train_steps(2, global_batch=8, chunks=[3], device_loop=True)
+    dispatched = train_steps(2, global_batch=8, chunks=[3], device_loop=False)
+    assert max_abs_difference(looped[0].params, dispatched[0].params) < 1e-5
+    assert looped[1]["count"] == dispatched[1]["count"] == 24
+
+
+def test_bfloat16_steps_keep_float32_parameters_and_statistics():
+    state, totals = train_steps(2, global_batch=8, chunks=[2], dtype=jnp.bfloat16)
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(state.batch_stats)} == {np.dtype("float32")}
+    assert np.isfinite(totals["loss_sum"]) and totals["bad_step"] == -1
+
+
+def test_epoch_order_depends_only_on_the_key_and_epoch():
+    images, labels = images_and_labels(50)
+    four = training.DeviceData(images, labels, jax.devices()[:4])
+    one = training.DeviceData(images, labels, jax.devices()[:1])
+    key = jax.random.PRNGKey(3)
+    p0 = np.asarray(four.permutation(key, 0))
+    assert p0.shape == (4, 50)
+    assert all((p0[i] == p0[0]).all() for i in range(4))  # the same order on every device
+    assert sorted(p0[0]) == list(range(50))
+    np.testing.assert_array_equal(np.asarray(one.permutation(key, 0))[0], p0[0])
+    assert not (np.asarray(four.permutation(key, 1))[0] == p0[0]).all()
+    assert not (np.asarray(four.permutation(jax.random.PRNGKey(4), 0))[0] == p0[0]).all()
+
+
+def test_evaluation_covers_every_example_exactly_once():
+    images, labels = images_and_labels(37, shape=(28, 28, 1))
+    model = models.create("lenet_bn")
+    state = lenet_state(model)
+    devices = jax.devices()[:4]
+    cfg = training.StepConfig(image_size=28, dtype=jnp.float32, batch_per_device=2,
+                              eval_batch_per_device=4)
+    test = training.DeviceData(images, labels, devices)
+    steps = training.eval_steps(37, 4, 4)
+    assert steps == 3
+    sums, preds = training.make_evaluate(cfg, devices)(
+        training.replicate(state, devices), test.images, test.labels, test.local_index, steps)
+    sums, preds = training.unreplicate(sums), training.gather_predictions(preds, 37)
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         images.astype(np.float32) / 255, train=False)
+    expected = np.argmax(np.asarray(logits), -1)
+    np.testing.assert_array_equal(preds, expected)
+    assert sums["count"] == 37
+    assert sums["correct"] == int((expected == labels).sum())
+
+
+def test_preprocess_scales_and_resizes_bilinearly():
+    images = np.array([[[[0], [255]], [[255], [0]]]], np.uint8)  # 1x2x2x1 checkerboard
+    same = training.preprocess(images, 2, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(same)[0, :, :, 0], [[0, 1], [1, 0]])
+    bigger = np.asarray(training.preprocess(images, 4, jnp.bfloat16))
+    assert bigger.shape == (1, 4, 4, 1) and bigger.dtype == jnp.bfloat16
+    corners = bigger[0, [0, 0, 3, 3], [0, 3, 0, 3], 0].astype(np.float32)
+    np.testing.assert_allclose(corners, [0, 1, 1, 0])  # half-pixel centres keep the corners
+    assert 0 < float(bigger[0, 1, 1, 0]) < 1  # and interpolate in between
+
+
+@pytest.mark.parametrize("optimizer", training.OPTIMIZERS)
+def test_every_optimizer_descends(optimizer):
+    params = {"w": jnp.array([1.0, -2.0])}
+    tx, schedule = training.create_optimizer(optimizer=optimizer, learning_rate=0.1,
+                                             weight_decay=0.01 if optimizer != "sgd" else 0.0)
+    opt_state = tx.init(params)
+    loss = lambda p: jnp.sum(p["w"] ** 2)
+    for _ in range(3):
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        params = jax.tree.map(jnp.add, params, updates)
+    assert float(loss(params)) < 5.0
+    assert float(schedule(0)) == pytest.approx(0.1)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    _, schedule = training.create_optimizer(optimizer="sgd", learning_rate=0.4, lr_schedule="cosine",
+                                            warmup_epochs=1, num_epochs=4, steps_per_epoch=10)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(0.4)
+    assert 0 < float(schedule(25)) < 0.4
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("field,value", [("optimizer", "rmsprop"), ("lr_schedule", "step")])
+def test_unknown_optimizer_or_schedule_is_refused(field, value):
+    kwargs = {"optimizer": "sgd", "learning_rate": 0.1, field: value}
+    with pytest.raises(ValueError, match=value):
+        training.create_optimizer(**kwargs)
+
+
+def test_chunk_timer_sizes_chunks_to_the_target():
+    timer = training.ChunkTimer(target_seconds=1.0)
+    assert timer.next_size(100) == 1
+    timer.record(1, 30.0)  # the compiling call: ignored
+    assert timer.next_size(100) == 1
+    timer.record(1, 0.05)
+    assert timer.next_size(100) == 20
+    assert timer.next_size(7) == 7
