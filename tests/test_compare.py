@@ -1,0 +1,135 @@
+"""flaxcnn.compare on run folders written the way train.py writes them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from flaxcnn import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_run(folder: Path, *, model="lenet_bn", dataset="fashion_mnist", reference=0.885,
+              accuracies=(0.80, 0.86, 0.85), images_per_sec=(1000.0, 4000.0, 5000.0),
+              epoch_seconds=(100.0, 50.0, 35.5), params=61_706, flops=429_000.0, run_info=True):
+    folder.mkdir(parents=True)
+    config = {"model": model, "dataset": dataset, "image_size": 28, "batch_size": 128,
+              "num_epochs": 10, "learning_rate": 0.1, "reference_accuracy": reference,
+              "model_overrides": {}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    records = [{"epoch": e, "step": 469 * e, "train_loss": 0.5, "train_accuracy": 0.8,
+                "test_loss": 0.4, "test_accuracy": accuracy, "examples_per_sec": speed,
+                "epoch_seconds": seconds, "learning_rate": 0.1}
+               for e, (accuracy, speed, seconds)
+               in enumerate(zip(accuracies, images_per_sec, epoch_seconds), 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if run_info:
+        info = {"model": model, "params": params, "batch_stats": 128, "flops_per_image": flops,
+                "image_size": 28, "channels": 1, "num_classes": 10, "class_names": list("0123456789"),
+                "devices": 1, "device_kind": "cpu"}
+        (folder / "run_info.json").write_text(json.dumps(info))
+    return folder
+
+
+def cells(markdown: str) -> list[dict]:
+    header, _, *rows = markdown.strip().splitlines()
+    names = [c.strip() for c in header.strip("|").split("|")]
+    return [dict(zip(names, (c.strip() for c in row.strip("|").split("|")))) for row in rows]
+
+
+def test_load_run_numbers(tmp_path):
+    run = compare.load_run(write_run(tmp_path / "lenet"))
+    assert run.name == "lenet" and run.model == "lenet_bn"
+    assert run.final_accuracy == 0.85
+    assert run.best_accuracy == 0.86
+    assert run.images_per_sec == 4500.0  # the first epoch (compilation) left out
+    assert run.total_seconds == 185.5
+    assert run.params == 61_706
+    assert run.reference_accuracy == 0.885
+
+
+def test_one_epoch_run_uses_its_speed(tmp_path):
+    run = compare.load_run(write_run(tmp_path / "r", accuracies=[0.7], images_per_sec=[1234.0],
+                                     epoch_seconds=[12.0]))
+    assert run.images_per_sec == 1234.0
+    assert cells(compare.table([run]))[0]["total time"] == "12.0s"
+
+
+def test_table_one_row_per_run(tmp_path):
+    runs = [compare.load_run(write_run(tmp_path / "lenet")),
+            compare.load_run(write_run(tmp_path / "resnet", model="resnet18", reference=0.907,
+                                       accuracies=(0.88, 0.907), images_per_sec=(900.0, 12345.4),
+                                       epoch_seconds=(3600.0, 125.2), params=11_178_378,
+                                       flops=1.74e9)),
+            compare.load_run(write_run(tmp_path / "sample", dataset="fashion_mnist_sample",
+                                       run_info=False))]
+    rows = cells(compare.table(runs))
+
+    assert [r["run"] for r in rows] == ["lenet", "resnet", "sample"]
+    lenet, resnet, sample = rows
+    assert lenet == {"run": "lenet", "model": "lenet_bn", "epochs": "3/10", "parameters": "61.71 K",
+                     "FLOPs/image": "429.00 KFLOPs", "final test acc": "0.8500",
+                     "best test acc": "0.8600", "images/s": "4,500", "total time": "3m 06s",
+                     "d2l test acc": "0.8850"}
+    assert resnet["parameters"] == "11.18 M"
+    assert resnet["FLOPs/image"] == "1.74 GFLOPs"
+    assert resnet["final test acc"] == resnet["best test acc"] == "0.9070"
+    assert resnet["images/s"] == "12,345"
+    assert resnet["total time"] == "1h 02m 05s"
+    assert resnet["d2l test acc"] == "0.9070"
+    # No run_info.json: "?" for its numbers. d2l's figure is for the full fashion_mnist only.
+    assert sample["parameters"] == sample["FLOPs/image"] == "?"
+    assert sample["d2l test acc"] == "—"
+
+
+def test_main_writes_plot_and_table(tmp_path, capsys):
+    a, b = write_run(tmp_path / "a"), write_run(tmp_path / "b", model="resnet18", accuracies=[0.9])
+    out = tmp_path / "out" / "compare"
+
+    assert compare.main([str(a), str(b), "--out", str(out)]) == 0
+
+    with Image.open(out / "compare.png") as image:
+        assert image.format == "PNG" and image.size == compare.COMPARE_SIZE
+        image.load()
+    markdown = (out / "compare.md").read_text()
+    assert capsys.readouterr().out == markdown
+    assert [r["run"] for r in cells(markdown)] == ["a", "b"]
+
+
+def test_errors_name_the_folder(tmp_path, capsys):
+    (tmp_path / "not_a_run").mkdir()
+    (tmp_path / "not_a_run" / "notes.txt").write_text("x")
+    empty = write_run(tmp_path / "empty")
+    (empty / "metrics.jsonl").write_text("")
+    good = write_run(tmp_path / "good")
+
+    for folder, message in ((tmp_path / "missing", "does not exist"),
+                            (tmp_path / "not_a_run", "is not a run folder"),
+                            (empty, "has no finished epoch")):
+        assert compare.main([str(good), str(folder), "--out", str(tmp_path)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith(f"error: {folder} {message}")
+        assert captured.err.count("\n") == 1 and captured.err.endswith("\n")
+    assert not (tmp_path / "compare.png").exists()
+
+
+def test_command_line_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "no_such_run"
+    result = subprocess.run([sys.executable, "-m", "flaxcnn.compare", str(missing)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr == f"error: {missing} does not exist\n"
+
+
+def test_plots_and_compare_import_no_heavy_modules():
+    code = ("import sys, flaxcnn.compare, flaxcnn.plots; "
+            "print(sorted(m for m in ('jax', 'tensorflow', 'tensorflow_datasets', 'ml_collections', "
+            "'clu', 'flax', 'matplotlib.pyplot') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
