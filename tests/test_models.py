@@ -12,9 +12,13 @@ import pytest
 
 from flaxcnn import models
 from flaxcnn.models.batchnorm import BatchNorm as ScratchBatchNorm
+from flaxcnn.models.init import xavier_uniform
+from flaxcnn.models.vgg import vgg_block
 from flaxcnn.summary import param_count
 
 KEY = jax.random.key(0)
+# XLA:CPU compiles the random-number code of a real init slowly; these options make it quick
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 # trainable parameters with 1 input channel and 10 classes, at the input size d2l uses
 PARAM_COUNTS = {
@@ -54,22 +58,35 @@ def abstract_init(model, shape):
     return jax.eval_shape(lambda x: model.init(KEY, x, train=False), image)
 
 
+def xavier_bound(kernel_shape):
+    """Half-width of d2l's Xavier-uniform for a (..., in, out) kernel: sqrt(6 / (fan_in + fan_out)),
+    the fans counting the receptive field (all but the last two axes), as PyTorch and flax do."""
+    receptive_field = int(np.prod(kernel_shape[:-2]))
+    return np.sqrt(6 / (receptive_field * (kernel_shape[-2] + kernel_shape[-1])))
+
+
+def bias_bound(kernel_shape):
+    """Half-width of PyTorch's default bias: 1 / sqrt(fan_in), fan_in = in_channels * kh * kw or in_features."""
+    return 1 / np.sqrt(np.prod(kernel_shape[:-1]))
+
+
 @functools.cache
 def initialized(name, size):
-    """Variables at flax's default scales (LeCun-normal kernels, unit BatchNorm scale and
-    variance) but drawn by numpy, and with small random biases so that no ReLU starts dead:
-    on CPU, XLA takes about a second per parameter tensor to compile model.init's random numbers."""
+    """Variables distributed as the model initialises them (d2l's Xavier-uniform kernels, PyTorch's
+    uniform biases, unit BatchNorm scale and variance) but drawn by numpy: on CPU, XLA takes about
+    a second per parameter tensor to compile model.init's random numbers."""
     rng = np.random.default_rng(0)
+    abstract = abstract_init(models.create(name), (2, size, size, 1))
 
     def draw(path, leaf):
         kind = path[-1].key
-        if kind == "kernel":
-            return jnp.asarray(rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1])))
-        if kind == "bias":
-            return jnp.asarray(0.1 * rng.standard_normal(leaf.shape, np.float32))
+        layer = functools.reduce(lambda tree, key: tree[key.key], path[:-1], abstract)
+        if "kernel" in layer:  # a convolution or dense layer, not a BatchNorm
+            bound = (xavier_bound if kind == "kernel" else bias_bound)(layer["kernel"].shape)
+            return jnp.asarray(rng.uniform(-bound, bound, leaf.shape).astype(np.float32))
         return jnp.full(leaf.shape, 1.0 if kind in ("scale", "var") else 0.0, leaf.dtype)
 
-    return jax.tree_util.tree_map_with_path(draw, abstract_init(models.create(name), (2, size, size, 1)))
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 @functools.cache
@@ -285,6 +302,91 @@ def test_vgg_min_input_size_follows_conv_arch(monkeypatch):
         abstract_init(model, (1, 7, 8, 1))
     without_input_check(monkeypatch, model)
     assert has_empty_layer(model, (1, 7, 7, 1))
+
+
+# --- initialisation ----------------------------------------------------------------------
+
+def conv_and_dense_calls(model, shape):
+    """(layer, input shape) of every nn.Conv and nn.Dense call of an abstract init, and the variables."""
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.Conv, nn.Dense)) and context.method_name == "__call__":
+            calls.append((context.module, args[0].shape))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = abstract_init(model, shape)
+    return calls, variables
+
+
+def assert_uniform(values, bound):
+    """`values` lie in [-bound, bound] and spread like draws from U(-bound, bound): their mean
+    square, which estimates bound^2 / 3 with a relative standard deviation of sqrt(0.8 / n) for
+    n draws, is within six of those."""
+    values = np.asarray(values, np.float64)
+    assert np.abs(values).max() <= bound * (1 + 1e-6)
+    assert np.abs(values).max() > 0.5 * bound  # not all zero, and not much narrower
+    np.testing.assert_allclose(np.mean(values ** 2), bound ** 2 / 3, rtol=6 * np.sqrt(0.8 / values.size))
+
+
+def assert_xavier_kernel_and_pytorch_bias(kernel, bias, fan_in, fan_out):
+    """Kernel: Xavier-uniform, U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), of variance
+    a^2 / 3 = 2 / (fan_in + fan_out); bias: PyTorch's U(-b, b) with b = 1 / sqrt(fan_in)."""
+    assert_uniform(kernel, np.sqrt(6 / (fan_in + fan_out)))
+    assert_uniform(bias, 1 / np.sqrt(fan_in))
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_every_conv_and_dense_layer_initialises_like_d2l_pytorch(name):
+    size = MIN_INPUT_SIZES[name]
+    # three input channels, so that a fan_in that ignored them would show
+    calls, variables = conv_and_dense_calls(models.create(name), (1, size, size, 3))
+    kernels = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables) if path[-1].key == "kernel"]
+    assert len(calls) == len(kernels)
+    for layer, input_shape in calls:
+        assert layer.kernel_init is xavier_uniform  # whose values the next two tests check
+        if layer.use_bias:
+            window = layer.kernel_size if isinstance(layer, nn.Conv) else ()
+            bound = 1 / np.sqrt(input_shape[-1] * np.prod(window))
+            draws = layer.bias_init(KEY, (20_000,))  # 20,000 draws of this layer's bias initialiser
+            assert np.abs(draws).max() > 0.99 * bound, (layer.name, input_shape)
+            assert_uniform(draws, bound)
+
+
+def test_lenet_bn_draws_xavier_uniform_kernels_and_pytorch_biases():
+    model = models.create("lenet_bn")
+    x = jnp.zeros((1, 28, 28, 1))
+    init = jax.jit(lambda key: model.init(key, x, train=False)).lower(KEY).compile(FAST_COMPILE)
+    params = init(KEY)["params"]
+    # (layer, fan_in, fan_out): the 5x5 convolution from 6 to 16 channels, the dense layer from 16*4*4 to 120
+    for layer, fan_in, fan_out in [("Conv_1", 6 * 25, 16 * 25), ("Dense_0", 256, 120)]:
+        assert_xavier_kernel_and_pytorch_bias(params[layer]["kernel"], params[layer]["bias"], fan_in, fan_out)
+    # BatchNorm keeps PyTorch's (and flax's) defaults
+    assert np.all(params["BatchNorm_0"]["scale"] == 1) and np.all(params["BatchNorm_0"]["bias"] == 0)
+
+
+def test_vgg_block_draws_xavier_uniform_kernels_and_pytorch_biases():
+    # a 3x3 convolution from 64 to 512 channels: 512 biases, enough to see that they spread like U(-b, b)
+    block, x = vgg_block(1, 512), jnp.zeros((1, 2, 2, 64))
+    params = jax.jit(block.init).lower(KEY, x).compile(FAST_COMPILE)(KEY, x)["params"]
+    (layer,) = params.values()
+    assert_xavier_kernel_and_pytorch_bias(layer["kernel"], layer["bias"], 64 * 9, 512 * 9)
+
+
+def test_nin_is_not_dead_at_initialisation():
+    """NiN ends in a ReLU before global average pooling. With flax's default init (LeCun-normal
+    kernels, zero biases) every output of this test was exactly 0 at seed 0, so no gradient flowed
+    and training never left loss ln 10. With zero biases a ReLU network also maps a black image
+    (Fashion-MNIST's background) to exactly 0 whatever its kernels; PyTorch's biases keep both alive."""
+    model = models.create("nin")
+    size = MIN_INPUT_SIZES["nin"]
+    x = np.random.default_rng(0).uniform(0, 1, (8, size, size, 1)).astype(np.float32)
+    x[-1] = 0
+    init = jax.jit(lambda key: model.init(key, x, train=False)).lower(KEY).compile(FAST_COMPILE)
+    logits = np.asarray(model.apply(init(KEY), x, train=False))
+    assert np.mean(logits != 0) > 0.2
+    assert np.any(logits[-1] != 0)
 
 
 # --- train and eval --------------------------------------------------------------------

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
 
@@ -102,11 +103,11 @@ class LeNetBN(nn.Module):
                 x = norm(x)
             return nn.sigmoid(x)
 
-        x = norm_sigmoid(nn.Conv(6, (5, 5), padding=0, dtype=self.dtype)(x))
+        x = norm_sigmoid(conv(x, 6, (5, 5), padding=0, dtype=self.dtype))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        x = norm_sigmoid(nn.Conv(16, (5, 5), padding=0, dtype=self.dtype)(x))
+        x = norm_sigmoid(conv(x, 16, (5, 5), padding=0, dtype=self.dtype))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = norm_sigmoid(nn.Dense(120, dtype=self.dtype)(x))
-        x = norm_sigmoid(nn.Dense(84, dtype=self.dtype)(x))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        x = norm_sigmoid(dense(x, 120, dtype=self.dtype))
+        x = norm_sigmoid(dense(x, 84, dtype=self.dtype))
+        return dense(x, self.num_classes, dtype=self.dtype)

@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
 
@@ -26,7 +27,7 @@ class Inception(nn.Module):
     @nn.compact
     def __call__(self, x):
         def conv_relu(x, channels, size):
-            return nn.relu(nn.Conv(channels, (size, size), padding=size // 2, dtype=self.dtype)(x))
+            return nn.relu(conv(x, channels, (size, size), padding=size // 2, dtype=self.dtype))
 
         path1 = conv_relu(x, self.c1, 1)
         path2 = conv_relu(conv_relu(x, self.c2[0], 1), self.c2[1], 3)
@@ -53,11 +54,11 @@ class GoogLeNet(nn.Module):
             return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         # b1
-        x = nn.relu(nn.Conv(64, (7, 7), strides=2, padding=3, dtype=self.dtype)(x))
+        x = nn.relu(conv(x, 64, (7, 7), strides=2, padding=3, dtype=self.dtype))
         x = pool(x)
         # b2
-        x = nn.relu(nn.Conv(64, (1, 1), dtype=self.dtype)(x))
-        x = nn.relu(nn.Conv(192, (3, 3), padding=1, dtype=self.dtype)(x))
+        x = nn.relu(conv(x, 64, (1, 1), dtype=self.dtype))
+        x = nn.relu(conv(x, 192, (3, 3), padding=1, dtype=self.dtype))
         x = pool(x)
         # b3
         x = Inception(64, (96, 128), (16, 32), 32, dtype=self.dtype)(x)
@@ -74,4 +75,4 @@ class GoogLeNet(nn.Module):
         x = Inception(256, (160, 320), (32, 128), 128, dtype=self.dtype)(x)
         x = Inception(384, (192, 384), (48, 128), 128, dtype=self.dtype)(x)
         x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return dense(x, self.num_classes, dtype=self.dtype)

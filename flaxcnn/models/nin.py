@@ -9,21 +9,33 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.init import conv
 from flaxcnn.models.input_size import check_input_size, smallest_input
+
+
+class NiNBlock(nn.Module):
+    """A kernel_size x kernel_size convolution, then two 1x1 convolutions, each followed by ReLU."""
+
+    out_channels: int
+    kernel_size: int
+    strides: int
+    padding: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        window = (self.kernel_size, self.kernel_size)
+        x = nn.relu(conv(x, self.out_channels, window, strides=self.strides, padding=self.padding,
+                         dtype=self.dtype))
+        x = nn.relu(conv(x, self.out_channels, (1, 1), dtype=self.dtype))
+        return nn.relu(conv(x, self.out_channels, (1, 1), dtype=self.dtype))
 
 
 def nin_block(
     out_channels: int, kernel_size: int, strides: int, padding: int, dtype: Any = jnp.float32
-) -> nn.Sequential:
-    """A kernel_size x kernel_size convolution, then two 1x1 convolutions, each followed by ReLU."""
-    return nn.Sequential([
-        nn.Conv(out_channels, (kernel_size, kernel_size), strides=strides, padding=padding, dtype=dtype),
-        nn.relu,
-        nn.Conv(out_channels, (1, 1), dtype=dtype),
-        nn.relu,
-        nn.Conv(out_channels, (1, 1), dtype=dtype),
-        nn.relu,
-    ])
+) -> NiNBlock:
+    """d2l's `nin_block(out_channels, kernel_size, strides, padding)`: a `NiNBlock`."""
+    return NiNBlock(out_channels, kernel_size, strides, padding, dtype)
 
 
 class NiN(nn.Module):

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
 
@@ -29,15 +30,15 @@ class Residual(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, self.num_channels, dtype=self.dtype)
         norm = partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
             epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
         )
-        y = nn.relu(norm()(conv((3, 3), strides=self.strides, padding=1)(x)))
-        y = norm()(conv((3, 3), padding=1)(y))
+        channels = self.num_channels
+        y = nn.relu(norm()(conv(x, channels, (3, 3), strides=self.strides, padding=1, dtype=self.dtype)))
+        y = norm()(conv(y, channels, (3, 3), padding=1, dtype=self.dtype))
         if self.use_1x1conv:
-            x = conv((1, 1), strides=self.strides)(x)
+            x = conv(x, channels, (1, 1), strides=self.strides, dtype=self.dtype)
         return nn.relu(y + x)
 
 
@@ -56,17 +57,17 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        bias_free_conv = partial(conv, use_bias=False, dtype=self.dtype)
         norm = partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
             epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
         )
         out_channels = self.expansion * self.num_channels
-        y = nn.relu(norm()(conv(self.num_channels, (1, 1))(x)))
-        y = nn.relu(norm()(conv(self.num_channels, (3, 3), strides=self.strides, padding=1)(y)))
-        y = norm()(conv(out_channels, (1, 1))(y))
+        y = nn.relu(norm()(bias_free_conv(x, self.num_channels, (1, 1))))
+        y = nn.relu(norm()(bias_free_conv(y, self.num_channels, (3, 3), strides=self.strides, padding=1)))
+        y = norm()(bias_free_conv(y, out_channels, (1, 1)))
         if self.strides != 1 or x.shape[-1] != out_channels:
-            x = norm()(conv(out_channels, (1, 1), strides=self.strides)(x))
+            x = norm()(bias_free_conv(x, out_channels, (1, 1), strides=self.strides))
         return nn.relu(y + x)
 
 
@@ -98,7 +99,7 @@ class ResNet(nn.Module):
             bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
             bn_axis_name=self.bn_axis_name, dtype=self.dtype,
         )
-        x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)(x)
+        x = conv(x, 64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)
         x = nn.BatchNorm(
             use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
             dtype=self.dtype, axis_name=self.bn_axis_name,
@@ -112,4 +113,4 @@ class ResNet(nn.Module):
                 else:
                     x = Residual(channels, use_1x1conv=strides == 2, strides=strides, **block_fields)(x, train)
         x = x.mean(axis=(1, 2))
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return dense(x, self.num_classes, dtype=self.dtype)

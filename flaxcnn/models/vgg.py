@@ -5,12 +5,12 @@ max-pooling that halves height and width. The network is a sequence of such bloc
 followed by AlexNet's dense head.
 """
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
@@ -19,13 +19,23 @@ VGG16_ARCH = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 VGG19_ARCH = ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512))
 
 
-def vgg_block(num_convs: int, channels: int, dtype: Any = jnp.float32) -> nn.Sequential:
+class VGGBlock(nn.Module):
     """`num_convs` x (3x3 convolution + ReLU), then a 2x2 stride-2 max-pooling."""
-    layers = []
-    for _ in range(num_convs):
-        layers += [nn.Conv(channels, (3, 3), padding=1, dtype=dtype), nn.relu]
-    layers.append(partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2)))
-    return nn.Sequential(layers)
+
+    num_convs: int
+    channels: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.num_convs):
+            x = nn.relu(conv(x, self.channels, (3, 3), padding=1, dtype=self.dtype))
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def vgg_block(num_convs: int, channels: int, dtype: Any = jnp.float32) -> VGGBlock:
+    """d2l's `vgg_block(num_convs, out_channels)`: a `VGGBlock`."""
+    return VGGBlock(num_convs, channels, dtype)
 
 
 class VGG(nn.Module):
@@ -49,6 +59,6 @@ class VGG(nn.Module):
             x = vgg_block(num_convs, channels // self.width_divisor, self.dtype)(x)
         x = x.reshape(x.shape[0], -1)
         for _ in range(2):
-            x = nn.relu(nn.Dense(4096, dtype=self.dtype)(x))
+            x = nn.relu(dense(x, 4096, dtype=self.dtype))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x)
+        return dense(x, self.num_classes, dtype=self.dtype)
