@@ -26,7 +26,7 @@ from flax import jax_utils
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from flaxcnn import checkpoint, data, models, training
+from flaxcnn import checkpoint, data, models, plots, summary, training
 from flaxcnn.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -40,6 +40,9 @@ FIXED_ON_RESUME = ("model", "model_overrides", "dataset", "idx_dir", "image_size
 DTYPES = ("float32", "bfloat16", "float16")
 PIPELINES = ("auto", "device", "stream")
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 live on the accelerators
+PREVIEW_IMAGES = 18  # test images in predictions.png
+TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
+                       "examples_per_sec")
 
 
 class Interrupted(Exception):
@@ -202,6 +205,7 @@ class Run:
         if self.pipeline == "device":
             self.train_data = training.DeviceData(*train)
             self.test_data = training.DeviceData(*test)
+            self.test_host = test
             self.train_chunk = training.make_train_chunk(self.step_cfg)
             self.evaluate_on_device = training.make_evaluate(self.step_cfg)
             self.eval_steps = training.eval_steps(
@@ -236,6 +240,20 @@ class Run:
             totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
             preds.append(np.asarray(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
+
+    def test_examples(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first PREVIEW_IMAGES test images and all test labels, in `evaluate`'s order."""
+        if self.pipeline == "device":
+            images, labels = self.test_host
+            return images[:PREVIEW_IMAGES], labels
+        images, labels = [], []
+        for batch in data.stream_eval(self.config.dataset, **stream_kwargs(self.config),
+                                      batch_size=self.step_cfg.eval_batch_per_device
+                                      * jax.local_device_count()):
+            labels.append(batch["label"][batch["mask"]])
+            if sum(len(i) for i in images) < PREVIEW_IMAGES:
+                images.append(batch["image"][batch["mask"]])
+        return np.concatenate(images)[:PREVIEW_IMAGES], np.concatenate(labels)
 
     # -- training
 
@@ -368,36 +386,81 @@ class Progress:
 
 
 class Outputs:
-    """config.json, metrics.jsonl and the per-epoch line. Only process 0 writes files."""
+    """Everything a run writes besides checkpoints (the README lists it). Only process 0 writes."""
 
     def __init__(self, run: Run):
-        self.run = run
+        self.run, self.config = run, run.config
         self.metrics_path = run.workdir / "metrics.jsonl"
+        self.writer = None
+        if run.is_writer and self.config.tensorboard:
+            from clu import metric_writers  # imports TensorFlow: after flaxcnn.data has quietened it
+
+            self.writer = metric_writers.SummaryWriter(str(run.workdir))
 
     def start(self):
+        """config.json and run_info.json; metrics.jsonl cut back to the restored epoch."""
         if not self.run.is_writer:
             return
-        (self.run.workdir / "config.json").write_text(self.run.config.to_json(indent=2) + "\n")
+        (self.run.workdir / "config.json").write_text(self.config.to_json(indent=2) + "\n")
+        info = self.run.info
+        stats = summary.model_stats(self.config.model, self.config.image_size, info.channels,
+                                    info.num_classes, **self.config.model_overrides.to_dict())
+        (self.run.workdir / "run_info.json").write_text(json.dumps({
+            "model": self.config.model, "params": stats["params"],
+            "batch_stats": stats["batch_stats"], "flops_per_image": stats["flops_per_image"],
+            "image_size": self.config.image_size, "channels": info.channels,
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+        }, indent=2) + "\n")
         # Epochs after the restored checkpoint are trained again: drop their stale lines.
-        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= self.run.epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in self.records() if record["epoch"] <= self.run.epoch]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def records(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
     def epoch(self, record: dict):
-        print(f"epoch {record['epoch']}/{self.run.config.num_epochs}  "
+        """The epoch's line on stdout, in metrics.jsonl and TensorBoard, and curves.png redrawn."""
+        print(f"epoch {record['epoch']}/{self.config.num_epochs}  "
               f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
               f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
               f"{record['examples_per_sec']:,.0f} img/s  {record['epoch_seconds']:.1f} s", flush=True)
-        if self.run.is_writer:
-            with self.metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.run.is_writer:
+            return
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            self.writer.write_scalars(record["epoch"], {k: record[k] for k in TENSORBOARD_SCALARS})
+            self.writer.flush()
+        if self.config.plots:
+            reference = (self.config.reference_accuracy
+                         if self.config.dataset == "fashion_mnist" else None)
+            plots.curves(self.records(), self.run.workdir / "curves.png",
+                         reference_accuracy=reference,
+                         title=f"{self.config.model} on {self.config.dataset}")
+
+    def finish(self, predictions: np.ndarray):
+        """predictions.png and confusion.png from the final model's test predictions."""
+        if not (self.run.is_writer and self.config.plots):
+            return
+        images, labels = self.run.test_examples()
+        names = self.run.info.class_names
+        plots.predictions(images, labels, predictions, names, self.run.workdir / "predictions.png")
+        plots.confusion(labels, predictions, names, self.run.workdir / "confusion.png")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
 
 
 # ----------------------------------------------------------------------------------------- the loop
 
 
-def run_epoch(run: Run, signals: Signals) -> dict:
-    """Trains the rest of the current epoch, evaluates, and returns the epoch's metrics record."""
+def run_epoch(run: Run, signals: Signals) -> tuple[dict, np.ndarray]:
+    """Trains the rest of the current epoch, evaluates, and returns the epoch's metrics record
+    and test predictions."""
     config = run.config
     t0 = time.perf_counter()
     start_step = run.step_in_epoch
@@ -410,18 +473,20 @@ def run_epoch(run: Run, signals: Signals) -> dict:
         progress.close()
     train_seconds = time.perf_counter() - t0
     train_loss, train_accuracy = mean_loss_and_accuracy(host_sums(run.totals))
-    test_sums, _ = run.evaluate()
+    test_sums, predictions = run.evaluate()
     test_loss, test_accuracy = mean_loss_and_accuracy(test_sums)
     run.epoch, run.step_in_epoch = run.epoch + 1, 0
     run.totals = training.replicate(training.zero_totals())
     step = run.step
-    return {"epoch": run.epoch, "step": step,
-            "train_loss": train_loss, "train_accuracy": train_accuracy,
-            "test_loss": test_loss, "test_accuracy": test_accuracy,
-            "test_examples": test_sums["count"],
-            "examples_per_sec": (run.steps_per_epoch - start_step) * config.batch_size / train_seconds,
-            "epoch_seconds": time.perf_counter() - t0,
-            "learning_rate": float(run.schedule(step))}
+    record = {"epoch": run.epoch, "step": step,
+              "train_loss": train_loss, "train_accuracy": train_accuracy,
+              "test_loss": test_loss, "test_accuracy": test_accuracy,
+              "test_examples": test_sums["count"],
+              "examples_per_sec": (run.steps_per_epoch - start_step) * config.batch_size
+              / train_seconds,
+              "epoch_seconds": time.perf_counter() - t0,
+              "learning_rate": float(run.schedule(step))}
+    return record, predictions
 
 
 def evaluate_only(run: Run) -> int:
@@ -445,23 +510,29 @@ def train(config, workdir: Path, config_file: str = "configs/<name>.py") -> int:
         if config.eval_only:
             return evaluate_only(run)
         outputs = Outputs(run)
-        outputs.start()
-        with Signals() as signals:
-            return train_epochs(run, outputs, signals, config_file)
+        try:
+            outputs.start()
+            with Signals() as signals:
+                return train_epochs(run, outputs, signals, config_file)
+        finally:
+            outputs.close()
     finally:
         run.checkpoints.close()
 
 
 def train_epochs(run: Run, outputs: Outputs, signals: Signals, config_file: str) -> int:
     config = run.config
+    predictions = None
     try:
         while run.epoch < config.num_epochs:
-            outputs.epoch(run_epoch(run, signals))
+            record, predictions = run_epoch(run, signals)
+            outputs.epoch(record)
             if run.epoch % config.checkpoint_every_epochs == 0:
                 run.save()
             if signals.received is not None:
                 raise Interrupted()
         run.save()
+        outputs.finish(predictions if predictions is not None else run.evaluate()[1])
     except Interrupted:
         path = run.save()
         run.checkpoints.wait()

@@ -432,6 +432,17 @@ def _check_process(process_index: int, process_count: int) -> None:
 # Public API.
 
 
+def is_prepared(name, *, data_dir=None) -> bool:
+    """Whether `name` can be loaded from data_dir without downloading (the sample always can)."""
+    if name == SAMPLE_NAME:
+        return True
+    try:
+        with _quiet():
+            return tfds.builder(name, data_dir=data_dir).is_prepared()
+    except Exception:  # pylint: disable=broad-except  # unknown name, bad version: not here
+        return False
+
+
 def info(name, *, data_dir=None, idx_dir=None) -> DatasetInfo:
     """Classes, image shape and split sizes of `name`; prepares the dataset first if needed.
 

@@ -141,7 +141,7 @@ def zero_totals() -> dict:
             "bad_step": np.int32(-1)}
 
 
-def _counted_step(state, totals, images, labels, dropout_key, step_kwargs):
+def counted_train_step(state, totals, images, labels, dropout_key, step_kwargs):
     """A train step that adds to the epoch's totals; after a non-finite step, nothing changes."""
     key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step), lax.axis_index(AXIS))
     healthy = totals["bad_step"] < 0
@@ -201,7 +201,7 @@ def make_train_chunk(cfg: StepConfig, devices=None):
             def body(carry):
                 i, state, totals = carry
                 batch = batch_at(images, labels, perm, local_index, i)
-                return (i + 1, *_counted_step(state, totals, *batch, dropout_key, cfg.step_kwargs))
+                return (i + 1, *counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs))
 
             def cond(carry):
                 i, _, totals = carry
@@ -215,7 +215,7 @@ def make_train_chunk(cfg: StepConfig, devices=None):
 
     def one_step(state, totals, images, labels, perm, local_index, dropout_key, i):
         batch = batch_at(images, labels, perm, local_index, i)
-        return _counted_step(state, totals, *batch, dropout_key, cfg.step_kwargs)
+        return counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs)
 
     step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, 0, 0, None, None), devices=devices,
                     donate_argnums=(0, 1))
@@ -234,7 +234,7 @@ def make_train_batch(cfg: StepConfig, devices=None):
     (b, H, W, C) on each device."""
 
     def one_step(state, totals, images, labels, dropout_key):
-        return _counted_step(state, totals, images, labels, dropout_key, cfg.step_kwargs)
+        return counted_train_step(state, totals, images, labels, dropout_key, cfg.step_kwargs)
 
     return jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, None), devices=devices,
                     donate_argnums=(0, 1))

@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
+from PIL import Image
 
 import train
-from flaxcnn import data, models
+from flaxcnn import data, models, plots
 from flaxcnn.errors import UserError
 from tests.conftest import REPO
 
@@ -44,6 +46,27 @@ def test_lenet_bn_learns_the_real_fashion_mnist_sample(make_config, tmp_path):
     assert all(m["test_examples"] == 1003 for m in metrics)  # every test image, not 15 x 64
     assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
     assert 0.70 <= metrics[-1]["test_accuracy"] <= 0.82
+    assert_run_outputs(tmp_path, metrics)
+
+
+def assert_run_outputs(workdir, metrics):
+    """The pictures, run_info.json and TensorBoard scalars a finished run leaves in its workdir."""
+    for name, size in (("curves.png", plots.CURVES_SIZE), ("predictions.png", plots.PREDICTIONS_SIZE),
+                       ("confusion.png", plots.CONFUSION_SIZE)):
+        with Image.open(workdir / name) as image:
+            assert (image.format, image.size) == ("PNG", size), name
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert (info["params"], info["batch_stats"], info["devices"]) == (44_878, 452, 4)
+    assert info["class_names"][0] == "T-shirt/top" and info["flops_per_image"] > 5e5
+    scalars = {}
+    for event_file in workdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(
+                    tf.make_ndarray(value.tensor))
+    assert set(scalars) == set(train.TENSORBOARD_SCALARS)
+    for tag in train.TENSORBOARD_SCALARS:
+        assert scalars[tag] == pytest.approx({m["epoch"]: m[tag] for m in metrics}, rel=1e-6)
 
 
 @pytest.mark.parametrize("overrides,message", [

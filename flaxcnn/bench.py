@@ -1,0 +1,239 @@
+"""Train-step throughput of the chapter's models: the code train.py runs, timed on synthetic data.
+
+    python -m flaxcnn.bench [--models all] [--batch-size 128] [--dtype bfloat16] [--e2e]
+
+For each model at d2l's image size: compile seconds, ms per step, images/s, TFLOP/s (XLA's cost
+analysis of one train step) and the fraction of the card's bf16 peak. With --e2e, also one full
+epoch through the real input pipeline (uint8 dataset on the devices, permutation, gather, resize,
+train steps, then the whole test-set evaluation), timed after a warm-up epoch, so the
+end-to-end/step-only ratio shows what the pipeline costs. Writes a table and JSON.
+
+Imports neither TensorFlow nor ml_collections: it runs where only jax, flax and optax are.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxcnn import models, training
+
+# d2l's Fashion-MNIST experiments (configs/*.py): model -> (image size, model overrides).
+D2L_SETUPS = {
+    "alexnet": (224, {}),
+    "vgg11": (224, {"width_divisor": 4}),
+    "nin": (224, {}),
+    "googlenet": (96, {}),
+    "lenet_bn": (28, {}),
+    "resnet18": (96, {}),
+}
+FASHION_MNIST = {"train": 60_000, "test": 10_000, "shape": (28, 28, 1), "classes": 10}
+# Dense bf16 tensor-core peaks in TFLOP/s, by a substring of jax's device_kind.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "V100": 125.0,
+                    "T4": 65.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0,
+                    "TPU v5p": 459.0, "TPU v6": 918.0}
+
+
+def bf16_peak(device_kind: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in device_kind), None)
+
+
+def synthetic(n: int, shape, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+            rng.integers(0, classes, n).astype(np.int32))
+
+
+def fashion_mnist_arrays(train_examples: int | None):
+    """The real Fashion-MNIST when tfds has it prepared here; else synthetic uint8 of its shape."""
+    try:
+        from flaxcnn import data  # needs TensorFlow
+
+        if data.is_prepared("fashion_mnist"):
+            train, test = (data.load_arrays("fashion_mnist", split) for split in ("train", "test"))
+            source = "fashion_mnist"
+        else:
+            raise LookupError
+    except (ImportError, LookupError):
+        train = synthetic(FASHION_MNIST["train"], FASHION_MNIST["shape"], 10, seed=0)
+        test = synthetic(FASHION_MNIST["test"], FASHION_MNIST["shape"], 10, seed=1)
+        source = "synthetic uint8 in Fashion-MNIST's shape"
+    if train_examples:
+        train = (train[0][:train_examples], train[1][:train_examples])
+        test = (test[0][:max(train_examples // 6, 1)], test[1][:max(train_examples // 6, 1)])
+    return train, test, source
+
+
+def step_flops(state, cfg: training.StepConfig, channels: int) -> float:
+    """XLA's FLOP count of one global train step (every device's share)."""
+    device = jax.local_devices()[:1]
+    step = jax.pmap(lambda s, t, x, y, k: training.counted_train_step(s, t, x, y, k, cfg.step_kwargs),
+                    training.AXIS, in_axes=(0, 0, 0, 0, None), devices=device)
+    images = jax.ShapeDtypeStruct((1, cfg.batch_per_device, cfg.image_size, cfg.image_size,
+                                   channels), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((1, cfg.batch_per_device), jnp.int32)
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *np.shape(x)), np.asarray(x).dtype),
+                       (state, training.zero_totals()))
+    cost = step.lower(*one, images, labels, jax.random.PRNGKey(0)).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) * jax.device_count()
+
+
+def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool,
+                image_size: int | None, train_examples: int | None, device_loop: bool | None):
+    size, overrides = D2L_SETUPS.get(name, (224, {}))
+    size = image_size or size
+    devices = jax.local_device_count()
+    if batch_size % devices:
+        raise SystemExit(f"error: --batch-size {batch_size} is not divisible by the {devices} "
+                         "devices")
+    compute_dtype = getattr(jnp, dtype)
+    model = models.create(name, num_classes=10, dtype=compute_dtype, **overrides)
+    init_model = model
+    if "bn_axis_name" in model.__dataclass_fields__:
+        model = model.clone(bn_axis_name=training.AXIS)
+    tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
+    channels = FASHION_MNIST["shape"][-1]
+    state = training.create_train_state(init_model, tx, jax.random.PRNGKey(0),
+                                        (size, size, channels)).replace(apply_fn=model.apply)
+    cfg = training.StepConfig(image_size=size, dtype=compute_dtype,
+                              batch_per_device=batch_size // devices,
+                              eval_batch_per_device=batch_size // devices,
+                              **({} if device_loop is None else {"device_loop": device_loop}))
+    flops = step_flops(state, cfg, channels)
+
+    # Step-only: the dataset is already on the devices; time `steps` steps after compilation.
+    train_arrays, test_arrays, source = fashion_mnist_arrays(train_examples)
+    train_data = training.DeviceData(*train_arrays)
+    steps = min(steps, len(train_arrays[0]) // batch_size - 1)
+    chunk = training.make_train_chunk(cfg)
+    replicated = training.replicate(state)
+    totals = training.replicate(training.zero_totals())
+    perm = train_data.permutation(jax.random.PRNGKey(1), 0)
+    key = jax.random.PRNGKey(2)
+
+    def run(replicated, totals, start, n):
+        t0 = time.perf_counter()
+        replicated, totals = chunk(replicated, totals, train_data.images, train_data.labels, perm,
+                                   train_data.local_index, key, start, n)
+        jax.block_until_ready(totals)
+        return replicated, totals, time.perf_counter() - t0
+
+    replicated, totals, first = run(replicated, totals, 0, 1)
+    replicated, totals, second = run(replicated, totals, 1, 1)
+    replicated, totals, timed = run(replicated, totals, 2, steps)
+    seconds_per_step = timed / steps
+    result = {
+        "model": name, "image_size": size, "batch_size": batch_size, "dtype": dtype,
+        "device_loop": cfg.device_loop, "compile_seconds": max(first - second, 0.0),
+        "ms_per_step": 1e3 * seconds_per_step, "images_per_sec": batch_size / seconds_per_step,
+        "tflops_per_sec": flops / seconds_per_step / 1e12, "flops_per_step": flops,
+    }
+    peak = bf16_peak(jax.devices()[0].device_kind)
+    result["fraction_of_bf16_peak"] = (result["tflops_per_sec"] / (peak * devices)
+                                       if peak and dtype == "bfloat16" else None)
+    del replicated, totals, train_data
+
+    if e2e:
+        result.update(bench_epoch(state, cfg, train_arrays, test_arrays, batch_size))
+        result["e2e_data"] = source
+        result["e2e_over_step_only"] = result["e2e_images_per_sec"] / result["images_per_sec"]
+    return result
+
+
+def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:
+    """One warm-up epoch, then one timed epoch with evaluation, exactly as train.py runs them."""
+    train_data = training.DeviceData(*train_arrays)
+    test_data = training.DeviceData(*test_arrays)
+    chunk, evaluate = training.make_train_chunk(cfg), training.make_evaluate(cfg)
+    steps_per_epoch = len(train_arrays[0]) // batch_size
+    eval_steps = training.eval_steps(len(test_arrays[0]), cfg.eval_batch_per_device,
+                                     jax.local_device_count())
+    replicated = training.replicate(state)
+    timer = training.ChunkTimer()
+    keys = dict(data_key=jax.random.PRNGKey(1), dropout_key=jax.random.PRNGKey(2))
+    seconds = []
+    for epoch in range(2):
+        t0 = time.perf_counter()
+        totals = training.replicate(training.zero_totals())
+        for replicated, totals, _ in training.train_epoch_on_device(
+                chunk, replicated, totals, train_data, epoch=epoch, start_step=0,
+                steps_per_epoch=steps_per_epoch, timer=timer, **keys):
+            pass
+        sums, _ = evaluate(replicated, test_data.images, test_data.labels, test_data.local_index,
+                           eval_steps)
+        jax.block_until_ready(sums)
+        seconds.append(time.perf_counter() - t0)
+    return {"e2e_epoch_seconds": seconds[1], "e2e_train_examples": steps_per_epoch * batch_size,
+            "e2e_test_examples": len(test_arrays[0]),
+            "e2e_images_per_sec": steps_per_epoch * batch_size / seconds[1]}
+
+
+def table(results: list[dict]) -> str:
+    header = ("model", "size", "batch", "dtype", "compile s", "ms/step", "images/s", "TFLOP/s",
+              "of peak", "e2e images/s", "e2e/step")
+    rows = [header]
+    for r in results:
+        peak = r.get("fraction_of_bf16_peak")
+        rows.append((r["model"], str(r["image_size"]), str(r["batch_size"]), r["dtype"],
+                     f"{r['compile_seconds']:.1f}", f"{r['ms_per_step']:.2f}",
+                     f"{r['images_per_sec']:,.0f}", f"{r['tflops_per_sec']:.2f}",
+                     f"{peak:.1%}" if peak is not None else "—",
+                     f"{r['e2e_images_per_sec']:,.0f}" if "e2e_images_per_sec" in r else "—",
+                     f"{r['e2e_over_step_only']:.2f}" if "e2e_over_step_only" in r else "—"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flaxcnn.bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="all",
+                        help=f"comma-separated names, or all ({', '.join(D2L_SETUPS)})")
+    parser.add_argument("--batch-size", type=int, default=128, help="global batch (d2l: 128)")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--e2e", action="store_true", help="also time a full epoch end to end")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per model")
+    parser.add_argument("--image-size", type=int, help="override d2l's image size (smoke tests)")
+    parser.add_argument("--train-examples", type=int,
+                        help="use only this many training examples (smoke tests)")
+    parser.add_argument("--device-loop", choices=("auto", "on", "off"), default="auto",
+                        help="steps in an on-device loop (default: on except on CPU)")
+    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    names = list(D2L_SETUPS) if args.models == "all" else args.models.split(",")
+    unknown = [n for n in names if n not in models.names()]
+    if unknown:
+        parser.error(f"unknown model {', '.join(unknown)}; use any of: {', '.join(models.names())}")
+    device_loop = {"auto": None, "on": True, "off": False}[args.device_loop]
+    device = jax.devices()[0]
+    print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}",
+          file=sys.stderr, flush=True)
+    results = []
+    for name in names:
+        results.append(bench_model(name, batch_size=args.batch_size, dtype=args.dtype,
+                                   steps=args.steps, e2e=args.e2e, image_size=args.image_size,
+                                   train_examples=args.train_examples, device_loop=device_loop))
+        print(f"{name}: {results[-1]['images_per_sec']:,.0f} images/s", file=sys.stderr,
+              flush=True)
+    print(table(results))
+    report = {"date": time.strftime("%Y-%m-%d"), "device_kind": device.device_kind,
+              "platform": device.platform, "devices": jax.device_count(),
+              "jax": jax.__version__, "python": platform.python_version(),
+              "command": " ".join(["python -m flaxcnn.bench", *(argv or sys.argv[1:])]),
+              "results": results}
+    with open(args.json, "w") as f:
+        json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

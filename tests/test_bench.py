@@ -1,0 +1,52 @@
+"""flaxcnn.bench at a tiny size: the table and JSON it promises, on this machine's 4 CPU devices."""
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flaxcnn import bench
+from tests.conftest import REPO
+
+
+def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--models", "lenet_bn", "--steps", "3", "--image-size", "16",
+                       "--batch-size", "8", "--train-examples", "96", "--e2e",
+                       "--device-loop", "on", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["devices"] == 4 and report["platform"] == "cpu" and report["date"]
+    (result,) = report["results"]
+    assert result["model"] == "lenet_bn" and result["device_loop"] is True
+    assert result["images_per_sec"] == pytest.approx(8 / (result["ms_per_step"] / 1e3))
+    assert result["flops_per_step"] > 3 * 8 * 30_000  # forward+backward of LeNet at 16 px, 8 images
+    assert result["tflops_per_sec"] > 0 and result["fraction_of_bf16_peak"] is None  # no CPU peak
+    assert result["e2e_train_examples"] == 96 and result["e2e_test_examples"] == 16
+    assert result["e2e_over_step_only"] > 0
+    assert "| lenet_bn | 16" in capsys.readouterr().out
+
+
+def test_bench_refuses_unknown_models(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--models", "lenet7"])
+    assert "unknown model lenet7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg", "nin", "googlenet", "batchnorm", "resnet"])
+def test_bench_uses_the_configs_settings(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    size, overrides = bench.D2L_SETUPS[config.model]
+    assert (size, overrides) == (config.image_size, config.model_overrides.to_dict())
+    assert config.batch_size == 128
+
+
+def test_bench_and_models_import_without_tensorflow():
+    blocked = "tensorflow tensorflow_datasets ml_collections clu".split()
+    code = ("import sys\n"
+            f"for name in {blocked!r}: sys.modules[name] = None\n"
+            "import flaxcnn.bench, flaxcnn.models, flaxcnn.training, flaxcnn.summary\n"
+            "print(flaxcnn.bench.fashion_mnist_arrays(60)[2])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "synthetic" in result.stdout
