@@ -8,7 +8,6 @@ Run it again with the same --workdir to resume. What it writes is listed in the 
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -115,10 +114,7 @@ def create_model(config, num_classes: int):
                               dtype=getattr(jnp, config.dtype), **config.model_overrides.to_dict())
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
-    has_bn_axis = "bn_axis_name" in {f.name for f in dataclasses.fields(model)}
-    if has_bn_axis and config.sync_batch_stats:
-        return model, model.clone(bn_axis_name=training.AXIS)
-    return model, model
+    return model, training.cross_replica(model) if config.sync_batch_stats else model
 
 
 def init_state(config, init_model, model, tx, input_shape) -> training.TrainState:
@@ -158,11 +154,14 @@ class Run:
         # Data.
         self.info, self.pipeline, train, test = load_data(config)
         self.local_batch = config.batch_size // jax.process_count()
-        num_train = len(train[0]) if train else self.info.num_train // jax.process_count()
-        self.steps_per_epoch = num_train // self.local_batch
+        if train:
+            self.steps_per_epoch = len(train[0]) // self.local_batch
+        else:
+            self.steps_per_epoch = data.train_batches_per_epoch(self.info, self.local_batch,
+                                                                jax.process_count())
         if self.steps_per_epoch == 0 and not config.eval_only:
-            raise UserError(f"the training split has {num_train} examples per process, fewer than "
-                            f"one batch of {self.local_batch}; lower --config.batch_size")
+            raise UserError(f"the training split has fewer examples per process than one batch "
+                            f"of {self.local_batch}; lower --config.batch_size")
 
         # Model, optimizer, train state.
         init_model, model = create_model(config, self.info.num_classes)

@@ -95,9 +95,7 @@ def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool
                          "devices")
     compute_dtype = getattr(jnp, dtype)
     model = models.create(name, num_classes=10, dtype=compute_dtype, **overrides)
-    init_model = model
-    if "bn_axis_name" in model.__dataclass_fields__:
-        model = model.clone(bn_axis_name=training.AXIS)
+    init_model, model = model, training.cross_replica(model)
     tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
     channels = FASHION_MNIST["shape"][-1]
     state = training.create_train_state(init_model, tx, jax.random.PRNGKey(0),

@@ -62,6 +62,14 @@ def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 
     return tx, schedule
 
 
+def cross_replica(model):
+    """`model` with its BatchNorm statistics computed over the global batch (all devices along the
+    pmap axis), if it has BatchNorm; the model itself otherwise."""
+    if "bn_axis_name" in {f.name for f in dataclasses.fields(model)}:
+        return model.clone(bn_axis_name=AXIS)
+    return model
+
+
 def create_train_state(model, tx, key, input_shape: Sequence[int]) -> TrainState:
     """Initialises `model` on one example of `input_shape` (H, W, C); float32 parameters."""
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape), jnp.float32), train=False))

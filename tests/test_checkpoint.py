@@ -132,7 +132,11 @@ def test_second_ctrl_c_exits_at_once_and_keeps_complete_checkpoints(tfds_dir, tm
     wait_for_epochs(tmp_path, 1, process)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    # A person presses Ctrl-C again after seeing the first one acknowledged (two signals that
+    # arrive before Python runs its handler count as one).
+    acknowledged = process.stderr.readline()
+    while acknowledged and "finishing the current steps" not in acknowledged:
+        acknowledged = process.stderr.readline()
     process.send_signal(signal.SIGINT)
     code, out, err = finish(process)
     assert code == 130 and "second Ctrl-C" in err

@@ -1,10 +1,13 @@
 """Every command in README.md runs, at tiny sizes, so the README cannot rot.
 
 Each ```bash block is a test: its commands run in order in a scratch folder that links to the
-checkout (so `runs/...` land there), with train.py shrunk to one or two epochs on the bundled sample
+checkout (so `runs/...` land there); train.py commands go through train.py's own flag parsing and
+main in this process (tests/test_train.py runs the real CLI in subprocesses), shrunk to one or two epochs on the bundled sample
 at each model's smallest image size, the benchmark to two steps, `pip install` to a dry run and
 `tensorboard` to its start. The README's test command is what CI runs; it is checked, not re-run.
 """
+import contextlib
+import io
 import os
 import re
 import shlex
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import train
 from flaxcnn import models
 from tests.conftest import REPO
 
@@ -76,19 +80,21 @@ def test_the_readme_shows_every_tool():
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b[0].removeprefix(SETUP)[:60] for b in RUNNABLE])
-def test_readme_block_runs(block, tmp_path, tfds_dir):
+def test_readme_block_runs(block, tmp_path, tfds_dir, monkeypatch):
     for name in ("train.py", "configs", "flaxcnn", "requirements.txt"):
         (tmp_path / name).symlink_to(Path(REPO) / name)
+    monkeypatch.chdir(tmp_path)
     for command in block:
         args = tiny(command.removeprefix(SETUP), tfds_dir, tmp_path)
         if args[0] == "tensorboard":
             run_tensorboard(args, tmp_path)
-            continue
-        result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
-        assert "does not provide the extra" not in result.stderr, command
-        if args[1] == "train.py":
-            assert "epoch " in result.stdout or "evaluated" in result.stdout, result.stdout
+        elif args[1] == "train.py":
+            out = run_train_here(args[1:], monkeypatch)
+            assert "epoch " in out or "evaluated" in out, out
+        else:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+            assert "does not provide the extra" not in result.stderr, command
     for workdir in re.findall(r"--workdir (\S+)", " ".join(block)):
         assert (tmp_path / workdir / "metrics.jsonl").exists(), workdir
     if any("flaxcnn.compare" in command for command in block):
@@ -96,6 +102,20 @@ def test_readme_block_runs(block, tmp_path, tfds_dir):
     if any("eval_only=true" in command for command in block):
         assert (tmp_path / "runs" / "lenet" / "eval.jsonl").exists()
         assert '"epoch": 2' in (tmp_path / "runs" / "lenet" / "metrics.jsonl").read_text()
+
+
+def run_train_here(argv: list[str], monkeypatch) -> str:
+    """`python train.py ARGS` in this process (same flag parsing and main; no second start-up of
+    TensorFlow and JAX); returns what it printed, fails on a non-zero exit."""
+    for name in [name for name in train.FLAGS if name.startswith("config.")]:
+        delattr(train.FLAGS, name)  # ml_collections defines one per config field at each parse
+    train.FLAGS.unparse_flags()
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides here
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = train.main(train.parse_flags(argv))
+    assert code == 0, output.getvalue()
+    return output.getvalue()
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ def compiled_setup(num_devices, global_batch, sync_batch_stats, lr, dtype, devic
     devices = jax.devices()[:num_devices]
     model = models.create("lenet_bn", dtype=dtype)
     if sync_batch_stats:
-        model = model.clone(bn_axis_name=training.AXIS)
+        model = training.cross_replica(model)
     cfg = training.StepConfig(image_size=28, dtype=dtype,
                               batch_per_device=global_batch // num_devices,
                               eval_batch_per_device=8, sync_batch_stats=sync_batch_stats,
