@@ -117,3 +117,16 @@ def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_progress_bar_shows_steps_running_loss_and_images_per_second(capsys):
+    progress = train.Progress(True, total=10, start=2, desc="epoch 1/3", batch_size=8)
+    progress.update(6, {"loss_sum": 8.0, "correct": 0, "count": 32, "bad_step": -1})
+    assert progress.bar.n == 6
+    assert "loss 0.250" in progress.bar.postfix and "img/s" in progress.bar.postfix
+    progress.close()
+    assert "epoch 1/3" in capsys.readouterr().err
+    quiet = train.Progress(False, total=10, start=0, desc="epoch 1/3", batch_size=8)
+    quiet.update(3, {"loss_sum": 1.0, "correct": 0, "count": 8, "bad_step": -1})
+    quiet.close()
+    assert capsys.readouterr().err == ""
