@@ -154,11 +154,10 @@ class Run:
         # Data.
         self.info, self.pipeline, train, test = load_data(config)
         self.local_batch = config.batch_size // jax.process_count()
-        if train:
-            self.steps_per_epoch = len(train[0]) // self.local_batch
-        else:
-            self.steps_per_epoch = data.train_batches_per_epoch(self.info, self.local_batch,
-                                                                jax.process_count())
+        # The same count on every process (shards differ by up to one example): none may wait
+        # in a collective for another that has run out of batches.
+        self.steps_per_epoch = data.train_batches_per_epoch(self.info, self.local_batch,
+                                                            jax.process_count())
         if self.steps_per_epoch == 0 and not config.eval_only:
             raise UserError(f"the training split has fewer examples per process than one batch "
                             f"of {self.local_batch}; lower --config.batch_size")

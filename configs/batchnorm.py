@@ -3,6 +3,7 @@
     python train.py --config configs/batchnorm.py
 
 Expected: test accuracy 0.885 after 10 epochs (d2l v1.0, JAX edition, published figure).
+The chapter's from-scratch batch normalization: add --config.model=lenet_bn_scratch.
 """
 from configs import default
 

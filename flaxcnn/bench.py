@@ -106,43 +106,41 @@ def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool
                               **({} if device_loop is None else {"device_loop": device_loop}))
     flops = step_flops(state, cfg, channels)
 
-    # Step-only: the dataset is already on the devices; time `steps` steps after compilation.
     train_arrays, test_arrays, source = fashion_mnist_arrays(train_examples)
-    train_data = training.DeviceData(*train_arrays)
-    steps = min(steps, len(train_arrays[0]) // batch_size - 1)
-    chunk = training.make_train_chunk(cfg)
-    replicated = training.replicate(state)
-    totals = training.replicate(training.zero_totals())
-    perm = train_data.permutation(jax.random.PRNGKey(1), 0)
-    key = jax.random.PRNGKey(2)
-
-    def run(replicated, totals, start, n):
-        t0 = time.perf_counter()
-        replicated, totals = chunk(replicated, totals, train_data.images, train_data.labels, perm,
-                                   train_data.local_index, key, start, n)
-        jax.block_until_ready(totals)
-        return replicated, totals, time.perf_counter() - t0
-
-    replicated, totals, first = run(replicated, totals, 0, 1)
-    replicated, totals, second = run(replicated, totals, 1, 1)
-    replicated, totals, timed = run(replicated, totals, 2, steps)
-    seconds_per_step = timed / steps
+    steps = max(1, min(steps, len(train_arrays[0]) // batch_size - 2))
+    compile_seconds, seconds_per_step = bench_steps(state, cfg, train_arrays, steps)
     result = {
         "model": name, "image_size": size, "batch_size": batch_size, "dtype": dtype,
-        "device_loop": cfg.device_loop, "compile_seconds": max(first - second, 0.0),
+        "device_loop": cfg.device_loop, "compile_seconds": compile_seconds,
         "ms_per_step": 1e3 * seconds_per_step, "images_per_sec": batch_size / seconds_per_step,
         "tflops_per_sec": flops / seconds_per_step / 1e12, "flops_per_step": flops,
     }
     peak = bf16_peak(jax.devices()[0].device_kind)
     result["fraction_of_bf16_peak"] = (result["tflops_per_sec"] / (peak * devices)
                                        if peak and dtype == "bfloat16" else None)
-    del replicated, totals, train_data
 
     if e2e:
         result.update(bench_epoch(state, cfg, train_arrays, test_arrays, batch_size))
         result["e2e_data"] = source
         result["e2e_over_step_only"] = result["e2e_images_per_sec"] / result["images_per_sec"]
     return result
+
+
+def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
+    """(compile seconds, seconds per step) of `steps` train steps on data already on the devices."""
+    train_data = training.DeviceData(*train_arrays)
+    chunk = training.make_train_chunk(cfg)
+    perm = train_data.permutation(jax.random.PRNGKey(1), 0)
+    replicated = training.replicate(state)
+    totals = training.replicate(training.zero_totals())
+    seconds = []
+    for start, n in ((0, 1), (1, 1), (2, steps)):  # compiles; warm; timed
+        t0 = time.perf_counter()
+        replicated, totals = chunk(replicated, totals, train_data.images, train_data.labels, perm,
+                                   train_data.local_index, jax.random.PRNGKey(2), start, n)
+        jax.block_until_ready(totals)
+        seconds.append(time.perf_counter() - t0)
+    return max(seconds[0] - seconds[1], 0.0), seconds[2] / steps
 
 
 def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:

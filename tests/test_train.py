@@ -1,6 +1,5 @@
 """train.py end to end: every config under tfds's mock data, learning on the real sample, errors."""
 import json
-import os
 import subprocess
 import sys
 
