@@ -36,7 +36,7 @@ flags.DEFINE_string("workdir", None, "Where the run writes everything; default r
 # Changing one of these on resume would silently make it a different experiment.
 FIXED_ON_RESUME = ("model", "model_overrides", "dataset", "idx_dir", "image_size", "batch_size",
                    "seed")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")
 PIPELINES = ("auto", "device", "stream")
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 live on the accelerators
 PREVIEW_IMAGES = 18  # test images in predictions.png

@@ -84,6 +84,7 @@ def test_streamed_input_trains_and_evaluates_every_test_image(make_config, tmp_p
     ({"batch_size": 6}, "batch_size=6 is not divisible by the 4 devices"),
     ({"image_size": 8}, "at least 16"),
     ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+    ({"dtype": "float16"}, "unknown dtype 'float16'; use one of: float32, bfloat16"),
     ({"model_overrides": {"depth": 3}}, "depth"),
 ])
 def test_bad_config_is_a_clear_error(overrides, message, make_config, tmp_path):
