@@ -69,6 +69,13 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype or jnp.result_type(x, scale))
 
 
+def flax_batch_norm(module: nn.Module, train: bool) -> nn.BatchNorm:
+    """flax.linen.BatchNorm configured from `module`'s bn_momentum, bn_epsilon, bn_axis_name and
+    dtype fields, created inside (and named by) `module`'s compact `__call__`."""
+    return nn.BatchNorm(use_running_average=not train, momentum=module.bn_momentum,
+                        epsilon=module.bn_epsilon, dtype=module.dtype, axis_name=module.bn_axis_name)
+
+
 class LeNetBN(nn.Module):
     """LeNet-5 with batch normalization after every convolution and hidden dense layer, and
     sigmoid activations. `batch_norm_from_scratch` picks the `BatchNorm` above instead of
@@ -96,11 +103,7 @@ class LeNetBN(nn.Module):
                                  dtype=self.dtype, axis_name=self.bn_axis_name)
                 x = norm(x, train)
             else:
-                norm = nn.BatchNorm(
-                    use_running_average=not train, momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
-                )
-                x = norm(x)
+                x = flax_batch_norm(self, train)(x)
             return nn.sigmoid(x)
 
         x = norm_sigmoid(conv(x, 6, (5, 5), padding=0, dtype=self.dtype))

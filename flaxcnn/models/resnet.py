@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.batchnorm import flax_batch_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
@@ -30,10 +31,7 @@ class Residual(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        norm = partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
-        )
+        norm = partial(flax_batch_norm, self, train)
         channels = self.num_channels
         y = nn.relu(norm()(conv(x, channels, (3, 3), strides=self.strides, padding=1, dtype=self.dtype)))
         y = norm()(conv(y, channels, (3, 3), padding=1, dtype=self.dtype))
@@ -58,10 +56,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         bias_free_conv = partial(conv, use_bias=False, dtype=self.dtype)
-        norm = partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name,
-        )
+        norm = partial(flax_batch_norm, self, train)
         out_channels = self.expansion * self.num_channels
         y = nn.relu(norm()(bias_free_conv(x, self.num_channels, (1, 1))))
         y = nn.relu(norm()(bias_free_conv(y, self.num_channels, (3, 3), strides=self.strides, padding=1)))
@@ -100,10 +95,7 @@ class ResNet(nn.Module):
             bn_axis_name=self.bn_axis_name, dtype=self.dtype,
         )
         x = conv(x, 64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype, axis_name=self.bn_axis_name,
-        )(x)
+        x = flax_batch_norm(self, train)(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, (num_blocks, channels) in enumerate(self.arch):
             for block in range(num_blocks):
