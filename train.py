@@ -229,8 +229,7 @@ class Run:
             return host_sums(sums), training.gather_predictions(preds, self.test_data.num_examples)
         d = jax.local_device_count()
         totals, preds = None, []
-        for batch in data.stream_eval(self.config.dataset, **stream_kwargs(self.config),
-                                      batch_size=self.step_cfg.eval_batch_per_device * d):
+        for batch in self._streamed_test_batches():
             shaped = {k: v.reshape(d, -1, *v.shape[1:]) for k, v in batch.items()}
             sums, p = self.evaluate_batch(self.state, shaped["image"], shaped["label"],
                                           shaped["mask"])
@@ -239,15 +238,19 @@ class Run:
             preds.append(np.asarray(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
 
+    def _streamed_test_batches(self):
+        """This process's test split from tf.data, padded and masked, one eval batch at a time."""
+        return data.stream_eval(self.config.dataset, **stream_kwargs(self.config),
+                                batch_size=self.step_cfg.eval_batch_per_device
+                                * jax.local_device_count())
+
     def test_examples(self) -> tuple[np.ndarray, np.ndarray]:
         """The first PREVIEW_IMAGES test images and all test labels, in `evaluate`'s order."""
         if self.pipeline == "device":
             images, labels = self.test_host
             return images[:PREVIEW_IMAGES], labels
         images, labels = [], []
-        for batch in data.stream_eval(self.config.dataset, **stream_kwargs(self.config),
-                                      batch_size=self.step_cfg.eval_batch_per_device
-                                      * jax.local_device_count()):
+        for batch in self._streamed_test_batches():
             labels.append(batch["label"][batch["mask"]])
             if sum(len(i) for i in images) < PREVIEW_IMAGES:
                 images.append(batch["image"][batch["mask"]])

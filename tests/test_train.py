@@ -70,12 +70,13 @@ def assert_run_outputs(workdir, metrics):
 
 def test_streamed_input_trains_and_evaluates_every_test_image(make_config, tmp_path):
     config = make_config("batchnorm", dataset="fashion_mnist_sample", input_pipeline="stream",
-                         batch_size=64, num_epochs=2, plots=False)
+                         batch_size=64, num_epochs=2)
     assert train.train(config, tmp_path) == 0
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == [15, 30]  # 1,003 // 64 steps an epoch
     assert all(m["test_examples"] == 1003 for m in metrics)
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
+    assert (tmp_path / "predictions.png").exists() and (tmp_path / "confusion.png").exists()
 
 
 @pytest.mark.parametrize("overrides,message", [
