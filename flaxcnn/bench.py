@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import models, training
+from flaxcnn import models, pipelines, training
 
 # d2l's Fashion-MNIST experiments (configs/*.py): model -> (image size, model overrides).
 D2L_SETUPS = {
@@ -53,10 +54,11 @@ def synthetic(n: int, shape, classes: int, seed: int) -> tuple[np.ndarray, np.nd
 def fashion_mnist_arrays(train_examples: int | None):
     """The real Fashion-MNIST when tfds has it prepared here; else synthetic uint8 of its shape."""
     try:
-        from flaxcnn import data  # needs TensorFlow
+        from flaxcnn import datasets  # needs TensorFlow
 
-        if data.is_prepared("fashion_mnist"):
-            train, test = (data.load_arrays("fashion_mnist", split) for split in ("train", "test"))
+        if datasets.is_prepared("fashion_mnist"):
+            dataset = datasets.resolve("fashion_mnist")
+            train, test = (dataset.load_arrays(split) for split in ("train", "test"))
             source = "fashion_mnist"
         else:
             raise LookupError
@@ -94,12 +96,10 @@ def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool
         raise SystemExit(f"error: --batch-size {batch_size} is not divisible by the {devices} "
                          "devices")
     compute_dtype = getattr(jnp, dtype)
-    model = models.create(name, num_classes=10, dtype=compute_dtype, **overrides)
-    init_model, model = model, training.cross_replica(model)
     tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
     channels = FASHION_MNIST["shape"][-1]
-    state = training.create_train_state(init_model, tx, jax.random.PRNGKey(0),
-                                        (size, size, channels)).replace(apply_fn=model.apply)
+    state = training.create_train_state(name, tx, input_shape=(size, size, channels),
+                                        dtype=compute_dtype, model_overrides=overrides)
     cfg = training.StepConfig(image_size=size, dtype=compute_dtype,
                               batch_per_device=batch_size // devices,
                               eval_batch_per_device=batch_size // devices,
@@ -128,7 +128,7 @@ def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool
 
 def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
     """(compile seconds, seconds per step) of `steps` train steps on data already on the devices."""
-    train_data = training.DeviceData(*train_arrays)
+    train_data = pipelines.DeviceData(*train_arrays)
     chunk = training.make_train_chunk(cfg)
     perm = train_data.permutation(jax.random.PRNGKey(1), 0)
     replicated = training.replicate(state)
@@ -144,27 +144,22 @@ def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
 
 
 def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:
-    """One warm-up epoch, then one timed epoch with evaluation, exactly as train.py runs them."""
-    train_data = training.DeviceData(*train_arrays)
-    test_data = training.DeviceData(*test_arrays)
-    chunk, evaluate = training.make_train_chunk(cfg), training.make_evaluate(cfg)
+    """One warm-up epoch, then one timed epoch with evaluation, through train.py's device pipeline."""
     steps_per_epoch = len(train_arrays[0]) // batch_size
-    eval_steps = training.eval_steps(len(test_arrays[0]), cfg.eval_batch_per_device,
-                                     jax.local_device_count())
+    pipeline = pipelines.DevicePipeline(train_arrays, test_arrays, cfg,
+                                        steps_per_epoch=steps_per_epoch,
+                                        num_test=len(test_arrays[0]),
+                                        data_key=jax.random.PRNGKey(1),
+                                        dropout_key=jax.random.PRNGKey(2))
     replicated = training.replicate(state)
-    timer = training.ChunkTimer()
-    keys = dict(data_key=jax.random.PRNGKey(1), dropout_key=jax.random.PRNGKey(2))
     seconds = []
     for epoch in range(2):
         t0 = time.perf_counter()
         totals = training.replicate(training.zero_totals())
-        for replicated, totals, _ in training.train_epoch_on_device(
-                chunk, replicated, totals, train_data, epoch=epoch, start_step=0,
-                steps_per_epoch=steps_per_epoch, timer=timer, **keys):
+        for replicated, totals, _ in pipeline.train_chunks(replicated, totals, epoch=epoch,
+                                                           start_step=0):
             pass
-        sums, _ = evaluate(replicated, test_data.images, test_data.labels, test_data.local_index,
-                           eval_steps)
-        jax.block_until_ready(sums)
+        pipeline.evaluate(replicated)
         seconds.append(time.perf_counter() - t0)
     return {"e2e_epoch_seconds": seconds[1], "e2e_train_examples": steps_per_epoch * batch_size,
             "e2e_test_examples": len(test_arrays[0]),
@@ -203,7 +198,8 @@ def main(argv=None) -> int:
                         help="use only this many training examples (smoke tests)")
     parser.add_argument("--device-loop", choices=("auto", "on", "off"), default="auto",
                         help="steps in an on-device loop (default: on except on CPU)")
-    parser.add_argument("--json", default="bench.json", help="where to write the results")
+    parser.add_argument("--json", default="runs/bench.json",
+                        help="where to write the results (default: runs/bench.json)")
     args = parser.parse_args(argv)
     names = list(D2L_SETUPS) if args.models == "all" else args.models.split(",")
     unknown = [n for n in names if n not in models.names()]
@@ -226,6 +222,7 @@ def main(argv=None) -> int:
               "jax": jax.__version__, "python": platform.python_version(),
               "command": " ".join(["python -m flaxcnn.bench", *(argv or sys.argv[1:])]),
               "results": results}
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(report, f, indent=2)
     return 0

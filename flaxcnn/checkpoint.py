@@ -11,17 +11,23 @@ tried. Orbax itself only deletes the oldest checkpoint after a newer one is comp
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import orbax.checkpoint as ocp
 
 from flaxcnn.errors import UserError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
+# Changing one of these on resume would silently make it a different experiment.
+FIXED_ON_RESUME = ("model", "model_overrides", "dataset", "idx_dir", "image_size", "batch_size",
+                   "seed")
 
 
 def warn(message: str):
@@ -98,8 +104,6 @@ class Checkpoints:
              "trying an older one")
         self.manager.reload()
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
 
 
 def require_writable(workdir: Path):
@@ -112,3 +116,59 @@ def require_writable(workdir: Path):
     except OSError as e:
         raise UserError(f"cannot write to workdir {workdir} ({e.strerror}); "
                         "pass --workdir=DIR with a folder you can write to") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a run starts: its checkpoints, the state tree, and the position in training."""
+    checkpoints: Checkpoints
+    tree: dict
+    epoch: int = 0
+    step_in_epoch: int = 0
+    restored_step: int | None = None  # the checkpoint's step, None for a fresh start
+
+
+def restore_or_start(config, workdir: Path, fresh: Callable[[], dict]) -> Start:
+    """The resume policy: the newest good checkpoint in `workdir`, or a fresh start from `fresh()`.
+
+    Refuses (UserError, no file touched) a workdir that cannot be written, checkpoints with
+    ``restore=false``, ``eval_only`` without checkpoints, and a saved config that differs in a field
+    of FIXED_ON_RESUME. These refusals come before `fresh` is called (it reads the data and builds
+    the model), so they are instant; `fresh()` gives the tree that checkpoints restore into.
+    """
+    require_writable(workdir)
+    checkpoints = Checkpoints(workdir, max_to_keep=config.max_checkpoints)
+    resuming = checkpoints.exists()
+    if resuming and not config.restore:
+        raise UserError(f"{workdir} already holds checkpoints and --config.restore=false; "
+                        "use a new --workdir, or drop restore=false to resume")
+    if config.eval_only and not resuming:
+        raise UserError(f"--config.eval_only=true needs a workdir with checkpoints; {workdir} "
+                        "has none")
+    saved_config = workdir / "config.json"
+    if resuming and saved_config.exists():
+        compare_with_saved(config, json.loads(saved_config.read_text()))
+    tree = fresh()
+    if not resuming:
+        return Start(checkpoints, tree)
+    restored = checkpoints.restore_latest(tree)
+    if restored is None:
+        raise UserError(f"no usable checkpoint in {checkpoints.directory} (see the warnings "
+                        "above); use a new --workdir to start afresh")
+    tree, meta = restored
+    start = Start(checkpoints, tree, epoch=int(meta["epoch"]),
+                  step_in_epoch=int(meta["step_in_epoch"]), restored_step=int(tree["step"]))
+    print(f"resuming from checkpoint {checkpoints.directory / str(start.restored_step)}: step "
+          f"{start.restored_step}, epoch {start.epoch}"
+          + (f" + {start.step_in_epoch} steps" if start.step_in_epoch else ""), flush=True)
+    return start
+
+
+def compare_with_saved(config, saved: dict):
+    """Refuses to resume a run whose saved config differs in a field that defines the experiment."""
+    current = json.loads(config.to_json())
+    differing = [f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})"
+                 for k in FIXED_ON_RESUME if saved.get(k) != current.get(k)]
+    if differing:
+        raise UserError("this workdir holds a run with a different config: " + "; ".join(differing)
+                        + ". Use a new --workdir, or the saved values")

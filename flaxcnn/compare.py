@@ -2,7 +2,7 @@
 
     python -m flaxcnn.compare runs/lenet_bn runs/resnet [--out DIR]
 
-writes DIR/compare.png and DIR/compare.md (default DIR: the current folder) and prints the table.
+writes DIR/compare.png and DIR/compare.md (default DIR: runs/) and prints the table.
 images/s is the mean over the epochs after the first, whose time includes compilation (the first
 epoch's value when there is only one). d2l's published accuracy is shown for runs on the full
 fashion_mnist only: it was measured there.
@@ -24,7 +24,7 @@ COLUMNS = ("run", "model", "epochs", "parameters", "FLOPs/image", "final test ac
 
 
 @dataclass(frozen=True)
-class Run:
+class RunFolder:
     """One workdir of train.py: its config.json, metrics.jsonl rows and run_info.json (None if absent)."""
     path: Path
     config: dict
@@ -100,7 +100,7 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def load_run(path) -> Run:
+def load_run(path) -> RunFolder:
     """Reads the run in folder `path`; raises UserError, naming the folder, if it is not a run or has
     no finished epoch yet."""
     path = Path(path)
@@ -117,7 +117,7 @@ def load_run(path) -> Run:
         raise UserError(f"{path} has no finished epoch yet (its metrics.jsonl is empty)")
     info_path = path / "run_info.json"
     info = read_json(info_path) if info_path.is_file() else None
-    return Run(path, read_json(path / "config.json"), records, info)
+    return RunFolder(path, read_json(path / "config.json"), records, info)
 
 
 def format_count(value: float | None) -> str:
@@ -147,7 +147,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
-def row(run: Run) -> list[str]:
+def row(run: RunFolder) -> list[str]:
     reference = run.reference_accuracy
     num_epochs = run.config.get("num_epochs")
     return [run.name, run.model,
@@ -158,7 +158,7 @@ def row(run: Run) -> list[str]:
             "—" if reference is None else f"{reference:.4f}"]
 
 
-def table(runs: list[Run]) -> str:
+def table(runs: list[RunFolder]) -> str:
     """The markdown table: a header and one row per run, in order."""
     lines = ["| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"]
@@ -166,7 +166,7 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def overlay(runs: list[Run], path) -> None:
+def overlay(runs: list[RunFolder], path) -> None:
     """Draws every run's test accuracy against the epoch in one axes; writes a PNG of COMPARE_SIZE."""
     figure = plots.new_figure(COMPARE_SIZE)
     axes = figure.add_subplot()
@@ -185,8 +185,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flaxcnn.compare",
                                      description="Overlay the test accuracy of runs and tabulate them.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py --workdir folders")
-    parser.add_argument("--out", default=".", metavar="DIR",
-                        help="folder for compare.png and compare.md (default: the current folder)")
+    parser.add_argument("--out", default="runs", metavar="DIR",
+                        help="folder for compare.png and compare.md (default: runs/)")
     args = parser.parse_args(argv)
     try:
         runs = [load_run(path) for path in args.runs]

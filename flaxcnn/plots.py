@@ -24,6 +24,7 @@ CONFUSION_SIZE = (820, 760)
 MARKERS_UP_TO = 20              # epochs; longer curves are drawn without a dot per epoch
 MISTAKE_MARK = "✗"
 PREDICTION_COLUMNS = 6
+PREDICTION_IMAGES = 18          # test images in predictions.png
 ANNOTATE_CELLS_UP_TO = 20       # classes; beyond that the confusion matrix shows colours only
 LABEL_TICKS_UP_TO = 40          # classes; beyond that the axes show indices
 
@@ -102,7 +103,8 @@ def prediction_title(label: int, pred: int, class_names) -> str:
     return f"true: {class_names[label]}\n{mark}pred: {class_names[pred]}"
 
 
-def predictions(images, labels, preds, class_names, path, *, count: int = 18) -> list[str]:
+def predictions(images, labels, preds, class_names, path, *,
+                count: int = PREDICTION_IMAGES) -> list[str]:
     """d2l's predict_ch3: the first `count` images, each titled "true: <name>" over "pred: <name>";
     mistakes in red, marked "✗ pred: <name>". `images` are uint8 (N, H, W, C) with C = 1 or 3.
     Writes a PNG of PREDICTIONS_SIZE and returns the titles, in order."""

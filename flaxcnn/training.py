@@ -1,19 +1,17 @@
-"""Data-parallel training and evaluation: the jitted, `jax.pmap`-ped steps and the on-device input.
+"""Data-parallel training: the optimizer, the train state, and the jitted, `jax.pmap`-ped steps.
 
 Everything here runs on whatever `jax.local_devices()` holds (one CPU is the case N=1) and imports no
 TensorFlow, so `flaxcnn.bench` times exactly the code `train.py` trains with.
 
-Input lives on the devices as uint8: each device holds a full copy of the (in-memory) dataset, each
-epoch's permutation is drawn on device from (data key, epoch), and every step gathers its slice, scales
-to [0, 1] and resizes inside the compiled step. A "chunk" of steps runs as one `lax.while_loop` inside
-one pmapped call, so the host touches the devices about once a second, never once a step.
+Images reach the step as uint8 and are scaled to [0, 1] and resized inside it. For data held on the
+devices, a "chunk" of steps gathers each step's batch on device and runs as one `lax.while_loop` inside
+one pmapped call, so the host touches the devices about once a second, never once a step
+(`flaxcnn.pipelines` drives both kinds of input).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,13 +21,15 @@ from flax import jax_utils
 from flax.training import train_state
 from jax import lax
 
+from flaxcnn import models
+
 AXIS = "devices"  # the pmap axis: gradients, metrics and (by default) BatchNorm statistics average over it
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainState(train_state.TrainState):
-    batch_stats: Any = None
+    batch_stats: Any = None  # a dict, empty for a model without BatchNorm
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -62,17 +62,21 @@ def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 
     return tx, schedule
 
 
-def cross_replica(model):
-    """`model` with its BatchNorm statistics computed over the global batch (all devices along the
-    pmap axis), if it has BatchNorm; the model itself otherwise."""
-    if "bn_axis_name" in {f.name for f in dataclasses.fields(model)}:
-        return model.clone(bn_axis_name=AXIS)
-    return model
+def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed: int = 0,
+                       num_classes: int = 10, dtype=jnp.float32, sync_batch_stats: bool = True,
+                       model_overrides: dict | None = None) -> TrainState:
+    """The model called `model_name`, initialised from `seed` on one example of `input_shape`
+    (H, W, C), with float32 parameters and the optimizer `tx`.
 
-
-def create_train_state(model, tx, key, input_shape: Sequence[int]) -> TrainState:
-    """Initialises `model` on one example of `input_shape` (H, W, C); float32 parameters."""
+    The model computes in `dtype`; with `sync_batch_stats` its BatchNorm statistics are those of
+    the global batch (all devices along the pmap axis). Raises ValueError for an unknown model, a
+    bad override or an input below the model's smallest size.
+    """
+    model = models.create(model_name, num_classes=num_classes, dtype=dtype,
+                          batch_norm_axis=AXIS if sync_batch_stats else None,
+                          **(model_overrides or {}))
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *input_shape), jnp.float32), train=False))
+    key = jax.random.PRNGKey(seed)
     if jax.default_backend() == "cpu":
         # The initialisers' random numbers take XLA:CPU long to optimise (20 s for GoogLeNet) and
         # run once: compile them without optimisation.
@@ -80,7 +84,7 @@ def create_train_state(model, tx, key, input_shape: Sequence[int]) -> TrainState
                                         "xla_llvm_disable_expensive_passes": True})
     variables = init(key)
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables.get("batch_stats"))
+                              batch_stats=variables.get("batch_stats", {}))
     return state.replace(step=np.int32(0))
 
 
@@ -96,15 +100,10 @@ def preprocess(images, image_size: int, dtype) -> jax.Array:
     return x.astype(dtype)
 
 
-def _variables(state: TrainState, params) -> dict:
-    if state.batch_stats is None:
-        return {"params": params}
-    return {"params": params, "batch_stats": state.batch_stats}
-
-
 def train_step(state: TrainState, images, labels, dropout_key, *, image_size: int, dtype,
                sync_batch_stats: bool, enabled=True):
-    """One SGD step on this device's slice of the global batch, inside pmap.
+    """One optimizer step (any optax transformation) on this device's slice of the global batch,
+    inside pmap.
 
     Returns `(state, metrics, applied)`: gradients, loss and (without cross-replica BatchNorm) the
     batch statistics are averaged over all devices; `metrics` are this step's global sums. The
@@ -114,21 +113,17 @@ def train_step(state: TrainState, images, labels, dropout_key, *, image_size: in
     x = preprocess(images, image_size, dtype)
 
     def loss_fn(params):
-        if state.batch_stats is None:
-            logits = state.apply_fn(_variables(state, params), x, train=True,
-                                    rngs={"dropout": dropout_key})
-            new_stats = None
-        else:
-            logits, updates = state.apply_fn(_variables(state, params), x, train=True,
-                                             rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            new_stats = updates["batch_stats"]
+        logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
+                                         train=True, rngs={"dropout": dropout_key},
+                                         mutable=["batch_stats"])
+        new_stats = updates.get("batch_stats", {})
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         return loss, (logits, new_stats)
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS)
-    if new_stats is not None and not sync_batch_stats:
+    if not sync_batch_stats:
         new_stats = lax.pmean(new_stats, AXIS)  # per-device statistics, kept identical on all replicas
     metrics = lax.psum({
         "loss_sum": loss * labels.shape[0],
@@ -250,7 +245,8 @@ def make_train_batch(cfg: StepConfig, devices=None):
 
 def _eval_logits(state, images, image_size, dtype):
     x = preprocess(images, image_size, dtype)
-    return state.apply_fn(_variables(state, state.params), x, train=False).astype(jnp.float32)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return state.apply_fn(variables, x, train=False).astype(jnp.float32)
 
 
 def _eval_sums(logits, labels, mask):
@@ -303,18 +299,6 @@ def make_evaluate_batch(cfg: StepConfig, devices=None):
     return jax.pmap(evaluate, AXIS, devices=devices)
 
 
-def make_permutation(devices=None):
-    """pmapped `(local_index, data_key, epoch, n)` -> the epoch's order of the n examples, drawn on
-    each device from (data_key, epoch) alone, so identical everywhere."""
-
-    def permutation(local_index, data_key, epoch, n):
-        del local_index  # only gives pmap its device axis
-        return jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
-
-    return jax.pmap(permutation, AXIS, in_axes=(0, None, None, None),
-                    static_broadcasted_argnums=(3,), devices=devices)
-
-
 # -------------------------------------------------------------------------------------- host-side glue
 
 
@@ -329,78 +313,6 @@ def unreplicate(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
-def local_indices(devices=None):
-    """Each local device's position among the local devices, as a pmapped argument."""
-    devices = list(devices or jax.local_devices())
-    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
-    return jax.device_put(np.arange(len(devices), dtype=np.int32),
-                          jax.NamedSharding(mesh, jax.P(AXIS)))
-
-
-class DeviceData:
-    """A uint8 dataset held on every device, with its per-epoch permutations."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, devices=None):
-        self.num_examples = len(images)
-        self.images = replicate(np.asarray(images, np.uint8), devices)
-        self.labels = replicate(np.asarray(labels, np.int32), devices)
-        self.local_index = local_indices(devices)
-        self._permutation = make_permutation(devices)
-
-    def permutation(self, data_key, epoch: int):
-        return self._permutation(self.local_index, data_key, epoch, self.num_examples)
-
-
-def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) -> int:
-    return max(1, math.ceil(num_examples / (eval_batch_per_device * num_devices)))
-
-
-def gather_predictions(preds, num_examples: int) -> np.ndarray:
-    """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
-    preds = np.asarray(preds)
-    return preds.transpose(1, 0, 2).reshape(-1)[:num_examples]
-
-
-@dataclasses.dataclass
-class ChunkTimer:
-    """Sizes chunks of steps so that each pmapped call takes about `target_seconds`.
-
-    The first call compiles, so it runs one step and is not timed; the second runs one step and
-    is timed; later calls run as many steps as fit the target.
-    """
-    target_seconds: float = 1.0
-    seconds_per_step: float | None = None
-    compiled: bool = False
-
-    def next_size(self, remaining: int) -> int:
-        if self.seconds_per_step is None:
-            return min(1, remaining)
-        return int(max(1, min(remaining, self.target_seconds / self.seconds_per_step)))
-
-    def record(self, steps: int, seconds: float):
-        if not self.compiled:
-            self.compiled = True
-            return
-        per_step = max(seconds / steps, 1e-6)
-        self.seconds_per_step = per_step if self.seconds_per_step is None else (
-            0.5 * self.seconds_per_step + 0.5 * per_step)
-
-
-def train_epoch_on_device(train_chunk, state, totals, data: DeviceData, *, data_key, dropout_key,
-                          epoch: int, start_step: int, steps_per_epoch: int,
-                          timer: ChunkTimer) -> Iterator[tuple[Any, Any, int]]:
-    """Runs one epoch from `start_step`, yielding `(state, totals, steps_done)` after every chunk.
-
-    The caller may stop iterating at any yield (an interrupt) and keep the state it got.
-    """
-    perm = data.permutation(data_key, epoch)
-    step = start_step
-    while step < steps_per_epoch:
-        n = timer.next_size(steps_per_epoch - step)
-        t0 = time.perf_counter()
-        state, totals = train_chunk(state, totals, data.images, data.labels, perm, data.local_index,
-                                    dropout_key, step, n)
-        jax.block_until_ready(totals)
-        timer.record(n, time.perf_counter() - t0)
-        step += n
-        yield state, totals, step
+def host_sums(sums) -> dict:
+    """Replicated on-device sums -> plain Python numbers."""
+    return {k: v.item() for k, v in unreplicate(sums).items()}

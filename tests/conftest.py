@@ -1,7 +1,9 @@
 """Shared test setup: four fake CPU devices, so every run tests the multi-device code."""
 import importlib
+import json
 import os
 import tempfile
+from pathlib import Path
 
 # Must happen before jax is imported anywhere in the test session (subprocesses inherit it too).
 os.environ["XLA_FLAGS"] = (
@@ -16,6 +18,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One config per chapter section: every file of configs/ but the shared default.
+CONFIG_NAMES = sorted(p.stem for p in Path(REPO, "configs").glob("*.py")
+                      if p.stem not in ("__init__", "default"))
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +42,13 @@ def make_config(tfds_dir):
         return config
 
     return make
+
+
+def train_to_end(config, workdir) -> dict:
+    """trainer.train_and_evaluate, checking that it returned the run's last recorded line."""
+    from flaxcnn import trainer
+
+    record = trainer.train_and_evaluate(config, workdir)
+    log = Path(workdir) / ("eval.jsonl" if config.eval_only else "metrics.jsonl")
+    assert record == json.loads(log.read_text().splitlines()[-1])
+    return record

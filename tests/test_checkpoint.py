@@ -12,10 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-import train
-from flaxcnn import checkpoint
+from flaxcnn import checkpoint, trainer
 from flaxcnn.errors import UserError
-from tests.conftest import REPO
+from tests.conftest import REPO, train_to_end
 
 # LeNet-BN on the bundled sample at 56x56, batch 16: 62 steps, a few seconds an epoch. Runs that
 # get killed are subprocesses; the rest run in this process (4 fake devices, like the subprocesses).
@@ -76,7 +75,7 @@ def run_here(make_config):
     """Runs RUN (with overrides) in this process, like `start` would in a subprocess."""
 
     def run(workdir, **overrides):
-        return train.train(make_config("batchnorm", **{**RUN, **overrides}), Path(workdir))
+        return train_to_end(make_config("batchnorm", **{**RUN, **overrides}), Path(workdir))
 
     return run
 
@@ -87,7 +86,7 @@ def reference_run(tmp_path_factory, tfds_dir):
     workdir = tmp_path_factory.mktemp("reference")
     config = importlib.import_module("configs.batchnorm").get_config()
     config.update(RUN, data_dir=tfds_dir, progress=False)
-    assert train.train(config, workdir) == 0
+    train_to_end(config, workdir)
     return workdir
 
 
@@ -100,7 +99,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, tfds_dir,
     process.wait()
     assert len(metrics_without_timing(tmp_path)) == 1, "the kill came too late to be mid-epoch"
 
-    assert run_here(tmp_path) == 0
+    run_here(tmp_path)
     out = capsys.readouterr().out
     assert "resuming from checkpoint" in out and "epoch 1" in out
     assert metrics_without_timing(tmp_path) == metrics_without_timing(reference_run)
@@ -120,7 +119,7 @@ def test_sigterm_saves_mid_epoch_and_resumes_bit_identical(reference_run, tfds_d
     assert meta["epoch"] == 1 and 0 < meta["step_in_epoch"] < 62
     assert int(state["step"]) == 62 + meta["step_in_epoch"]
 
-    assert run_here(tmp_path) == 0
+    run_here(tmp_path)
     assert f"+ {meta['step_in_epoch']} steps" in capsys.readouterr().out
     assert metrics_without_timing(tmp_path) == metrics_without_timing(reference_run)
     assert_bit_identical(latest(tmp_path)[0], latest(reference_run)[0])
@@ -140,17 +139,17 @@ def test_second_ctrl_c_exits_at_once_and_keeps_complete_checkpoints(tfds_dir, tm
     process.send_signal(signal.SIGINT)
     code, out, err = finish(process)
     assert code == 130 and "second Ctrl-C" in err
-    assert run_here(tmp_path) == 0
+    run_here(tmp_path)
     assert "resuming from checkpoint" in capsys.readouterr().out
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == [1, 2, 3]
 
 
 def test_checkpoints_move_between_device_counts(tfds_dir, tmp_path, run_here):
-    assert run_here(tmp_path, num_epochs=1) == 0  # saved with 4 devices
+    run_here(tmp_path, num_epochs=1)  # saved with 4 devices
     code, out, err = finish(start(tmp_path, tfds_dir, "--config.num_epochs=2", devices=1))
     assert code == 0, err  # restored on 1, saved with 1
     assert latest(tmp_path)[1] == {"epoch": 2, "step_in_epoch": 0, "devices": 1}
-    assert run_here(tmp_path) == 0  # restored on 4
+    run_here(tmp_path)  # restored on 4
     assert latest(tmp_path)[1] == {"epoch": 3, "step_in_epoch": 0, "devices": 4}
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == [1, 2, 3]
 
@@ -168,7 +167,7 @@ def sample_config(make_config):
 
 def test_damaged_latest_checkpoint_is_set_aside_and_an_older_one_used(sample_config, tmp_path,
                                                                        capsys):
-    assert train.train(sample_config(num_epochs=2), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=2), tmp_path)
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["31", "62"]
     for path in (checkpoints / "62").rglob("*"):
@@ -178,7 +177,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_an_older_one_used(sample_con
     unfinished.mkdir()
     capsys.readouterr()
 
-    assert train.train(sample_config(num_epochs=3), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=3), tmp_path)
     err = capsys.readouterr()
     assert f"skipping the unfinished checkpoint {unfinished}" in err.err
     assert f"checkpoint {checkpoints / '62'} is damaged" in err.err
@@ -191,36 +190,36 @@ def test_damaged_latest_checkpoint_is_set_aside_and_an_older_one_used(sample_con
 
 def test_resuming_with_a_different_experiment_is_refused_and_writes_nothing(sample_config,
                                                                             tmp_path):
-    assert train.train(sample_config(num_epochs=1), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=1), tmp_path)
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     with pytest.raises(UserError) as error:
-        train.train(sample_config(num_epochs=2, image_size=32, model="lenet_bn_scratch"), tmp_path)
+        trainer.train_and_evaluate(sample_config(num_epochs=2, image_size=32, model="lenet_bn_scratch"), tmp_path)
     assert "model (saved 'lenet_bn', now 'lenet_bn_scratch')" in str(error.value)
     assert "image_size (saved 28, now 32)" in str(error.value)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
     # Training longer is a safe change.
-    assert train.train(sample_config(num_epochs=2), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=2), tmp_path)
 
 
 def test_restore_false_refuses_a_workdir_with_checkpoints(sample_config, tmp_path):
-    assert train.train(sample_config(num_epochs=1), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=1), tmp_path)
     with pytest.raises(UserError, match="already holds checkpoints and --config.restore=false"):
-        train.train(sample_config(num_epochs=2, restore=False), tmp_path)
+        trainer.train_and_evaluate(sample_config(num_epochs=2, restore=False), tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["31"]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(sample_config, tmp_path):
-    assert train.train(sample_config(num_epochs=1), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=1), tmp_path)
     with pytest.raises(UserError, match=r"NaN or infinite at step 3\d .*lower --config.learning_rate"):
-        train.train(sample_config(num_epochs=2, learning_rate=1e30), tmp_path)
-    assert checkpoint.Checkpoints(tmp_path).latest_step() == 31
+        trainer.train_and_evaluate(sample_config(num_epochs=2, learning_rate=1e30), tmp_path)
+    assert checkpoint.Checkpoints(tmp_path).manager.latest_step() == 31
 
 
 def test_eval_only_evaluates_the_latest_checkpoint(sample_config, tmp_path, capsys):
-    assert train.train(sample_config(num_epochs=1), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=1), tmp_path)
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     capsys.readouterr()
-    assert train.train(sample_config(num_epochs=1, eval_only=True), tmp_path) == 0
+    train_to_end(sample_config(num_epochs=1, eval_only=True), tmp_path)
     assert "test acc" in capsys.readouterr().out
     (record,) = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert record["test_accuracy"] == last["test_accuracy"]
@@ -230,4 +229,4 @@ def test_eval_only_evaluates_the_latest_checkpoint(sample_config, tmp_path, caps
 
 def test_eval_only_needs_checkpoints(sample_config, tmp_path):
     with pytest.raises(UserError, match="eval_only=true needs a workdir with checkpoints"):
-        train.train(sample_config(eval_only=True), tmp_path)
+        trainer.train_and_evaluate(sample_config(eval_only=True), tmp_path)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxcnn import models, training
+from flaxcnn import pipelines, training
 
 IMAGE = (12, 12, 1)
 
@@ -17,24 +17,22 @@ def images_and_labels(n, seed=0, shape=IMAGE):
             rng.integers(0, 10, n).astype(np.int32))
 
 
-def lenet_state(model, lr=0.1, optimizer="momentum"):
+def lenet_state(lr=0.1, optimizer="momentum", dtype=jnp.float32, sync_batch_stats=True):
     tx, _ = training.create_optimizer(optimizer=optimizer, learning_rate=lr)
-    return training.create_train_state(model.clone(bn_axis_name=None), tx, jax.random.PRNGKey(0),
-                                       (28, 28, 1)).replace(apply_fn=model.apply)
+    return training.create_train_state("lenet_bn", tx, input_shape=(28, 28, 1), dtype=dtype,
+                                       sync_batch_stats=sync_batch_stats)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_setup(num_devices, global_batch, sync_batch_stats, lr, dtype, device_loop):
     """The initial state and pmapped chunk function, shared by tests so each compiles once."""
     devices = jax.devices()[:num_devices]
-    model = models.create("lenet_bn", dtype=dtype)
-    if sync_batch_stats:
-        model = training.cross_replica(model)
     cfg = training.StepConfig(image_size=28, dtype=dtype,
                               batch_per_device=global_batch // num_devices,
                               eval_batch_per_device=8, sync_batch_stats=sync_batch_stats,
                               device_loop=device_loop)
-    return devices, lenet_state(model, lr), training.make_train_chunk(cfg, devices)
+    return (devices, lenet_state(lr, dtype=dtype, sync_batch_stats=sync_batch_stats),
+            training.make_train_chunk(cfg, devices))
 
 
 def train_steps(num_devices, *, global_batch, chunks, sync_batch_stats=True, lr=0.1,
@@ -42,7 +40,7 @@ def train_steps(num_devices, *, global_batch, chunks, sync_batch_stats=True, lr=
     """Runs len(chunks) chunks of chunks[i] steps each; returns host state and totals."""
     devices, state, chunk = compiled_setup(num_devices, global_batch, sync_batch_stats, lr, dtype,
                                            device_loop)
-    device_data = training.DeviceData(*(data or images_and_labels(global_batch * sum(chunks))),
+    device_data = pipelines.DeviceData(*(data or images_and_labels(global_batch * sum(chunks))),
                                       devices)
     state = training.replicate(state, devices)
     totals = training.replicate(training.zero_totals(), devices)
@@ -70,7 +68,7 @@ def test_pmapped_step_equals_one_device_step_on_the_global_batch():
     assert four[1]["correct"] == one[1]["correct"]
     np.testing.assert_allclose(four[1]["loss_sum"], one[1]["loss_sum"], rtol=1e-5)
     # ...and the update did something.
-    assert max_abs_difference(four[0].params, lenet_state(models.create("lenet_bn")).params) > 1e-3
+    assert max_abs_difference(four[0].params, lenet_state().params) > 1e-3
 
 
 def test_per_device_batch_statistics_differ_from_global_ones():
@@ -125,41 +123,6 @@ def test_bfloat16_steps_keep_float32_parameters_and_statistics():
     assert np.isfinite(totals["loss_sum"]) and totals["bad_step"] == -1
 
 
-def test_epoch_order_depends_only_on_the_key_and_epoch():
-    images, labels = images_and_labels(50)
-    four = training.DeviceData(images, labels, jax.devices()[:4])
-    one = training.DeviceData(images, labels, jax.devices()[:1])
-    key = jax.random.PRNGKey(3)
-    p0 = np.asarray(four.permutation(key, 0))
-    assert p0.shape == (4, 50)
-    assert all((p0[i] == p0[0]).all() for i in range(4))  # the same order on every device
-    assert sorted(p0[0]) == list(range(50))
-    np.testing.assert_array_equal(np.asarray(one.permutation(key, 0))[0], p0[0])
-    assert not (np.asarray(four.permutation(key, 1))[0] == p0[0]).all()
-    assert not (np.asarray(four.permutation(jax.random.PRNGKey(4), 0))[0] == p0[0]).all()
-
-
-def test_evaluation_covers_every_example_exactly_once():
-    images, labels = images_and_labels(37, shape=(28, 28, 1))
-    model = models.create("lenet_bn")
-    state = lenet_state(model)
-    devices = jax.devices()[:4]
-    cfg = training.StepConfig(image_size=28, dtype=jnp.float32, batch_per_device=2,
-                              eval_batch_per_device=4)
-    test = training.DeviceData(images, labels, devices)
-    steps = training.eval_steps(37, 4, 4)
-    assert steps == 3
-    sums, preds = training.make_evaluate(cfg, devices)(
-        training.replicate(state, devices), test.images, test.labels, test.local_index, steps)
-    sums, preds = training.unreplicate(sums), training.gather_predictions(preds, 37)
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         images.astype(np.float32) / 255, train=False)
-    expected = np.argmax(np.asarray(logits), -1)
-    np.testing.assert_array_equal(preds, expected)
-    assert sums["count"] == 37
-    assert sums["correct"] == int((expected == labels).sum())
-
-
 def test_preprocess_scales_and_resizes_bilinearly():
     images = np.array([[[[0], [255]], [[255], [0]]]], np.uint8)  # 1x2x2x1 checkerboard
     same = training.preprocess(images, 2, jnp.float32)
@@ -199,13 +162,3 @@ def test_unknown_optimizer_or_schedule_is_refused(field, value):
     kwargs = {"optimizer": "sgd", "learning_rate": 0.1, field: value}
     with pytest.raises(ValueError, match=value):
         training.create_optimizer(**kwargs)
-
-
-def test_chunk_timer_sizes_chunks_to_the_target():
-    timer = training.ChunkTimer(target_seconds=1.0)
-    assert timer.next_size(100) == 1
-    timer.record(1, 30.0)  # the compiling call: ignored
-    assert timer.next_size(100) == 1
-    timer.record(1, 0.05)
-    assert timer.next_size(100) == 20
-    assert timer.next_size(7) == 7

@@ -32,8 +32,10 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def create(name: str, *, num_classes: int = 10, **overrides) -> nn.Module:
+def create(name: str, *, num_classes: int = 10, batch_norm_axis=None, **overrides) -> nn.Module:
     """The model called `name`, with `overrides` replacing its default field values."""
+    if batch_norm_axis is not None and "bn_axis_name" in [f.name for f in dataclasses.fields(_REGISTRY[name][0])]:  # TEMP shim until the models branch lands
+        overrides["bn_axis_name"] = batch_norm_axis
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}")
     module_class, fields = _REGISTRY[name]

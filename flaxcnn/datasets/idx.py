@@ -139,11 +139,3 @@ def digest(splits: dict[str, Split]) -> str:
             h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()[:16]
 
-
-def write(path: str, array: np.ndarray) -> None:
-    """Writes a uint8 array as a (gzipped if the name ends in .gz) IDX file; used by tests and tools."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())

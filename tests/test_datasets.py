@@ -1,4 +1,5 @@
-"""flaxcnn.data: the bundled sample, the IDX route, offline errors, shards, mock_data, streaming."""
+"""flaxcnn.datasets: the bundled sample, the IDX route, offline errors, shards, mock_data, streaming."""
+import dataclasses
 import gzip
 import os
 import socket
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from flaxcnn import data
-from flaxcnn import idx as idx_lib
+from flaxcnn import datasets
+from flaxcnn.datasets import idx as idx_lib
+from flaxcnn.datasets import resolution
 
-SAMPLE = data.SAMPLE_NAME
+SAMPLE = datasets.SAMPLE_NAME
 TRAIN_COUNTS = [107, 105, 88, 92, 95, 100, 100, 115, 102, 99]
 TEST_COUNTS = [108, 105, 111, 94, 115, 88, 97, 95, 95, 95]
 
@@ -21,13 +23,13 @@ TEST_COUNTS = [108, 105, 111, 94, 115, 88, 97, 95, 95, 95]
 def sample_dir(tmp_path_factory):
     """A tfds data_dir with the sample prepared once for the whole module."""
     root = str(tmp_path_factory.mktemp("tfds"))
-    data.info(SAMPLE, data_dir=root)
+    datasets.resolve(SAMPLE, data_dir=root).info
     return root
 
 
 @pytest.fixture(scope="module")
 def sample_test(sample_dir):
-    return data.load_arrays(SAMPLE, "test", data_dir=sample_dir)
+    return datasets.resolve(SAMPLE, data_dir=sample_dir).load_arrays("test")
 
 
 def _write_idx(path, array):
@@ -54,29 +56,29 @@ def _write_idx_dir(directory, seed, n_train=50, n_test=20, size=(28, 28)):
 
 
 def test_sample_info(sample_dir):
-    info = data.info(SAMPLE, data_dir=sample_dir)
+    info = datasets.resolve(SAMPLE, data_dir=sample_dir).info
     assert info.name == SAMPLE
     assert (info.num_train, info.num_test) == (1003, 1003)
     assert info.image_shape == (28, 28, 1) and info.channels == 1
     assert info.num_classes == 10
     # Fashion-MNIST's names, as tfds' own fashion_mnist builder has them (no download needed).
     assert info.class_names == tuple(tfds.builder("fashion_mnist").info.features["label"].names)
-    assert data.nbytes_in_memory(info) == 2006 * (28 * 28 + 4)
-    assert data.nbytes_in_memory(info.__class__(**{**info.__dict__, "image_shape": None})) is None
+    assert info.nbytes_in_memory == 2006 * (28 * 28 + 4)
+    assert dataclasses.replace(info, image_shape=None).nbytes_in_memory is None
 
 
 def test_sample_arrays(sample_dir, sample_test):
-    images, labels = data.load_arrays(SAMPLE, "train", data_dir=sample_dir)
+    images, labels = datasets.resolve(SAMPLE, data_dir=sample_dir).load_arrays("train")
     for (x, y), counts in [((images, labels), TRAIN_COUNTS), (sample_test, TEST_COUNTS)]:
         assert x.dtype == np.uint8 and x.shape == (1003, 28, 28, 1)
         assert y.dtype == np.int32 and y.shape == (1003,)
         assert np.bincount(y, minlength=10).tolist() == counts
     # Example 0 is the first image of the official file, byte for byte.
-    with gzip.open(os.path.join(data.SAMPLE_DIR, "train-images-idx3-ubyte.gz")) as f:
+    with gzip.open(os.path.join(datasets.SAMPLE_DIR, "train-images-idx3-ubyte.gz")) as f:
         raw = f.read()
     assert struct.unpack(">4I", raw[:16]) == (0x803, 1003, 28, 28)
     np.testing.assert_array_equal(images[0, :, :, 0], np.frombuffer(raw[16 : 16 + 784], np.uint8).reshape(28, 28))
-    with gzip.open(os.path.join(data.SAMPLE_DIR, "t10k-labels-idx1-ubyte.gz")) as f:
+    with gzip.open(os.path.join(datasets.SAMPLE_DIR, "t10k-labels-idx1-ubyte.gz")) as f:
         np.testing.assert_array_equal(sample_test[1], np.frombuffer(f.read()[8:], np.uint8))
 
 
@@ -91,27 +93,46 @@ def test_sample_is_registered_in_tfds(sample_dir):
 def test_idx_route_exact_arrays_and_no_shadowing(tmp_path, sample_dir):
     arrays = _write_idx_dir(tmp_path / "idx", seed=0)
     root = tmp_path / "tfds"
-    info = data.info("fashion_mnist", data_dir=str(root), idx_dir=str(tmp_path / "idx"))
+    info = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(tmp_path / "idx")).info
     assert (info.name, info.num_train, info.num_test) == ("fashion_mnist", 50, 20)
-    assert info.class_names == data.FASHION_MNIST_CLASSES and info.image_shape == (28, 28, 1)
+    assert info.class_names == datasets.FASHION_MNIST_CLASSES and info.image_shape == (28, 28, 1)
     for split in ("train", "test"):
-        x, y = data.load_arrays("fashion_mnist", split, data_dir=str(root), idx_dir=str(tmp_path / "idx"))
+        x, y = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(tmp_path / "idx")).load_arrays(split)
         np.testing.assert_array_equal(x[..., 0], arrays[split][0])
         np.testing.assert_array_equal(y, arrays[split][1].astype(np.int32))
         assert x.dtype == np.uint8 and y.dtype == np.int32
-    assert sorted(os.listdir(root)) == [data.IDX_SUBDIR]  # no fashion_mnist/, no downloads/
-    assert len(os.listdir(root / data.IDX_SUBDIR)) == 1
+    assert sorted(os.listdir(root)) == [datasets.IDX_SUBDIR]  # no fashion_mnist/, no downloads/
+    assert len(os.listdir(root / datasets.IDX_SUBDIR)) == 1
 
 
 def test_idx_route_changed_files_give_new_data(tmp_path):
     directory, root = str(tmp_path / "idx"), str(tmp_path / "tfds")
     _write_idx_dir(directory, seed=1)
-    first = data.load_arrays("fashion_mnist", "train", data_dir=root, idx_dir=directory)
+    first = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
     changed = _write_idx_dir(directory, seed=2, n_train=30)
-    second = data.load_arrays("fashion_mnist", "train", data_dir=root, idx_dir=directory)
+    second = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
     assert len(first[0]) == 50
     np.testing.assert_array_equal(second[0][..., 0], changed["train"][0])
-    assert len(os.listdir(os.path.join(root, data.IDX_SUBDIR))) == 2
+    assert len(os.listdir(os.path.join(root, datasets.IDX_SUBDIR))) == 2
+
+
+def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
+    directory = tmp_path / "idx"
+    arrays = _write_idx_dir(directory, seed=5)
+    reads = []
+    monkeypatch.setattr(idx_lib, "read", lambda path, magic, read=idx_lib.read: reads.append(path)
+                        or read(path, magic))
+    datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
+    reads.clear()  # the first resolve also prepared the files into tfds' format
+    dataset = datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"),
+                               idx_dir=str(directory))
+    assert len(reads) == 4  # once each, for the digest that names the prepared copy
+    for epoch in range(2):  # every epoch and evaluation reads the prepared copy, not the files
+        assert len(list(dataset.stream_train(batch_size=10, image_size=28, seed=0,
+                                             epoch=epoch))) == 5
+        assert sum(b["mask"].sum() for b in dataset.stream_eval(batch_size=8, image_size=28)) == 20
+    np.testing.assert_array_equal(dataset.load_arrays("test")[0][..., 0], arrays["test"][0])
+    assert len(reads) == 4
 
 
 def test_idx_route_default_data_dir_is_not_shadowed(tmp_path, monkeypatch):
@@ -119,9 +140,9 @@ def test_idx_route_default_data_dir_is_not_shadowed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path / "default"))
     _write_idx_dir(tmp_path / "idx", seed=3, n_train=12, n_test=5, size=(8, 6))
-    info = data.info("mnist", idx_dir=str(tmp_path / "idx"))
+    info = datasets.resolve("mnist", idx_dir=str(tmp_path / "idx")).info
     assert info.class_names == tuple("0123456789") and info.image_shape == (8, 6, 1)
-    assert os.listdir(tmp_path / "default") == [data.IDX_SUBDIR]
+    assert os.listdir(tmp_path / "default") == [datasets.IDX_SUBDIR]
     # tfds' own fashion_mnist/mnist in the default data_dir stay unprepared.
     assert not tfds.builder("mnist", data_dir=str(tmp_path / "default")).is_prepared()
 
@@ -134,18 +155,18 @@ def test_idx_route_bad_files(tmp_path):
     good_images = images.read_bytes()
     with gzip.open(images, "wb") as f:  # an images file with the labels' magic number
         f.write(struct.pack(">II", 0x801, 20) + bytes(20))
-    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz.*magic"):
-        data.info("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
+    with pytest.raises(datasets.DataError, match="t10k-images-idx3-ubyte.gz.*magic"):
+        datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory)).info
     with gzip.open(images, "wb") as f:  # truncated data
         f.write(gzip.decompress(good_images)[:-10])
-    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz"):
-        data.info("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
+    with pytest.raises(datasets.DataError, match="t10k-images-idx3-ubyte.gz"):
+        datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory)).info
     images.write_bytes(good_images)
     labels.unlink()
-    with pytest.raises(data.DataError, match="missing IDX file .*train-labels-idx1-ubyte.gz"):
-        data.load_arrays("fashion_mnist", "train", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
-    with pytest.raises(data.DataError, match="idx_dir"):
-        data.info("cifar10", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
+    with pytest.raises(datasets.DataError, match="missing IDX file .*train-labels-idx1-ubyte.gz"):
+        datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory)).load_arrays("train")
+    with pytest.raises(datasets.DataError, match="idx_dir"):
+        datasets.resolve("cifar10", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory)).info
     assert not (tmp_path / "tfds").exists()
 
 
@@ -153,10 +174,10 @@ def test_idx_route_bad_files(tmp_path):
 
 
 def test_offline_error_is_fast_and_names_both_routes(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: False)
     start = time.monotonic()
-    with pytest.raises(data.DataError) as error:
-        data.info("fashion_mnist", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DataError) as error:
+        datasets.resolve("fashion_mnist", data_dir=str(tmp_path)).info
     assert time.monotonic() - start < 5
     message = str(error.value)
     assert "\n" not in message
@@ -168,19 +189,19 @@ def test_network_probe(monkeypatch):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        monkeypatch.setattr(data, "DOWNLOAD_HOST", server.getsockname())
-        assert data.network_available(timeout=2.0) is True
-    monkeypatch.setattr(data, "DOWNLOAD_HOST", ("host.invalid", 443))
+        monkeypatch.setattr(resolution, "DOWNLOAD_HOST", server.getsockname())
+        assert resolution.network_available(timeout=2.0) is True
+    monkeypatch.setattr(resolution, "DOWNLOAD_HOST", ("host.invalid", 443))
     start = time.monotonic()
-    assert data.network_available(timeout=1.0) is False
+    assert resolution.network_available(timeout=1.0) is False
     assert time.monotonic() - start < 1.5
 
 
 def test_unknown_and_non_image_datasets(tmp_path):
-    with pytest.raises(data.DataError, match="unknown dataset 'fashion_mnst'.*fashion_mnist_sample"):
-        data.info("fashion_mnst", data_dir=str(tmp_path))
-    with pytest.raises(data.DataError, match="'imdb_reviews' is not an image-classification dataset"):
-        data.info("imdb_reviews", data_dir=str(tmp_path))
+    with pytest.raises(datasets.DataError, match="unknown dataset 'fashion_mnst'.*fashion_mnist_sample"):
+        datasets.resolve("fashion_mnst", data_dir=str(tmp_path)).info
+    with pytest.raises(datasets.DataError, match="'imdb_reviews' is not an image-classification dataset"):
+        datasets.resolve("imdb_reviews", data_dir=str(tmp_path)).info
     assert not os.listdir(tmp_path)
 
 
@@ -188,7 +209,7 @@ def test_unknown_and_non_image_datasets(tmp_path):
 
 
 def test_shards_partition_the_split(sample_dir, sample_test):
-    shards = [data.load_arrays(SAMPLE, "test", data_dir=sample_dir, process_index=i, process_count=3) for i in range(3)]
+    shards = [datasets.resolve(SAMPLE, data_dir=sample_dir, process_index=i, process_count=3).load_arrays("test") for i in range(3)]
     assert [len(y) for _, y in shards] == [335, 334, 334]
     np.testing.assert_array_equal(np.concatenate([x for x, _ in shards]), sample_test[0])
     np.testing.assert_array_equal(np.concatenate([y for _, y in shards]), sample_test[1])
@@ -199,11 +220,12 @@ def test_shards_partition_the_split(sample_dir, sample_test):
 
 @pytest.mark.parametrize("name, shape", [("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_mock_data(name, shape, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "network_available", lambda timeout=3.0: True)
+    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
-        info = data.info(name, data_dir=str(tmp_path))
-        images, labels = data.load_arrays(name, "train", data_dir=str(tmp_path))
-        batches = list(data.stream_eval(name, batch_size=5, image_size=shape[0], data_dir=str(tmp_path)))
+        dataset = datasets.resolve(name, data_dir=str(tmp_path))
+        info = dataset.info
+        images, labels = dataset.load_arrays("train")
+        batches = list(dataset.stream_eval(batch_size=5, image_size=shape[0]))
     assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (10, shape, 12, 12)
     assert images.shape == (12, *shape) and images.dtype == np.uint8
     assert labels.dtype == np.int32 and labels.min() >= 0 and labels.max() < 10
@@ -215,12 +237,13 @@ def test_mock_data(name, shape, tmp_path, monkeypatch):
 
 def _train(sample_dir, **kwargs):
     kwargs = {"batch_size": 64, "image_size": 28, "seed": 0, "epoch": 0, **kwargs}
-    return list(data.stream_train(SAMPLE, data_dir=sample_dir, **kwargs))
+    shard = {k: kwargs.pop(k) for k in ("process_index", "process_count") if k in kwargs}
+    return list(datasets.resolve(SAMPLE, data_dir=sample_dir, **shard).stream_train(**kwargs))
 
 
 def test_stream_train_order(sample_dir):
     a, b = _train(sample_dir), _train(sample_dir)
-    assert len(a) == 1003 // 64 == data.train_batches_per_epoch(data.info(SAMPLE, data_dir=sample_dir), 64)
+    assert len(a) == 1003 // 64 == datasets.resolve(SAMPLE, data_dir=sample_dir).train_batches_per_epoch(64)
     assert a[0]["image"].shape == (64, 28, 28, 1) and a[0]["image"].dtype == np.uint8
     assert a[0]["label"].shape == (64,) and a[0]["label"].dtype == np.int32
     for x, y in zip(a, b):
@@ -244,7 +267,7 @@ def test_stream_train_resizes_and_shards(sample_dir):
 
 
 def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
-    batches = list(data.stream_eval(SAMPLE, batch_size=100, image_size=28, data_dir=sample_dir))
+    batches = list(datasets.resolve(SAMPLE, data_dir=sample_dir).stream_eval(batch_size=100, image_size=28))
     assert len(batches) == 11
     assert all(b["image"].shape == (100, 28, 28, 1) and b["mask"].dtype == bool for b in batches)
     assert batches[-1]["mask"].sum() == 3 and batches[-1]["mask"][:3].all()
@@ -252,8 +275,7 @@ def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
     np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[mask], sample_test[0])
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], sample_test[1])
     # Three processes: 335 / 334 / 334 examples, the same number of batches each.
-    shards = [list(data.stream_eval(SAMPLE, batch_size=100, image_size=28, data_dir=sample_dir,
-                                    process_index=i, process_count=3)) for i in range(3)]
+    shards = [list(datasets.resolve(SAMPLE, data_dir=sample_dir, process_index=i, process_count=3).stream_eval(batch_size=100, image_size=28)) for i in range(3)]
     assert [len(s) for s in shards] == [4, 4, 4]
     labels = np.concatenate([b["label"][b["mask"]] for s in shards for b in s])
     np.testing.assert_array_equal(labels, sample_test[1])

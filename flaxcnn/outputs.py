@@ -1,0 +1,129 @@
+"""What a run writes besides checkpoints (the README lists it), and its progress bar.
+
+Only process 0 writes files; every process prints its epoch line.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from flaxcnn import plots, summary
+
+TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
+                       "examples_per_sec")
+
+
+def mean_loss_and_accuracy(sums: dict) -> tuple[float, float]:
+    count = max(sums["count"], 1)
+    return sums["loss_sum"] / count, sums["correct"] / count
+
+
+class Outputs:
+    """config.json, run_info.json, metrics.jsonl, TensorBoard scalars and the pictures of one run."""
+
+    preview_count = plots.PREDICTION_IMAGES
+
+    def __init__(self, config, workdir: Path, info):
+        self.config, self.workdir, self.info = config, workdir, info
+        self.metrics_path = workdir / "metrics.jsonl"
+        self.is_writer = jax.process_index() == 0
+        self.writer = None
+        if self.is_writer and config.tensorboard:
+            from flaxcnn.datasets.tf_setup import tensorflow
+            tensorflow()  # clu's writer imports TensorFlow: configured and quiet first
+            from clu import metric_writers
+
+            self.writer = metric_writers.SummaryWriter(str(workdir))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    def start(self, epoch: int):
+        """config.json and run_info.json; metrics.jsonl cut back to the restored `epoch`."""
+        if not self.is_writer:
+            return
+        config, info = self.config, self.info
+        (self.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+        stats = summary.model_stats(config.model, config.image_size, info.channels,
+                                    info.num_classes, **config.model_overrides.to_dict())
+        (self.workdir / "run_info.json").write_text(json.dumps({
+            "model": config.model, "params": stats["params"],
+            "batch_stats": stats["batch_stats"], "flops_per_image": stats["flops_per_image"],
+            "image_size": config.image_size, "channels": info.channels,
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+        }, indent=2) + "\n")
+        # Epochs after the restored checkpoint are trained again: drop their stale lines.
+        kept = [record for record in self.records() if record["epoch"] <= epoch]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def records(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+    def record_epoch(self, record: dict):
+        """The epoch's line on stdout, in metrics.jsonl and TensorBoard, and curves.png redrawn."""
+        print(f"epoch {record['epoch']}/{self.config.num_epochs}  "
+              f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
+              f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
+              f"{record['examples_per_sec']:,.0f} img/s  {record['epoch_seconds']:.1f} s", flush=True)
+        if not self.is_writer:
+            return
+        self.append_line(self.metrics_path, record)
+        if self.writer is not None:
+            self.writer.write_scalars(record["epoch"], {k: record[k] for k in TENSORBOARD_SCALARS})
+            self.writer.flush()
+        if self.config.plots:
+            reference = (self.config.reference_accuracy
+                         if self.config.dataset == "fashion_mnist" else None)
+            plots.curves(self.records(), self.workdir / "curves.png", reference_accuracy=reference,
+                         title=f"{self.config.model} on {self.config.dataset}")
+
+    def finish(self, images, labels, predictions):
+        """predictions.png and confusion.png from the final model's test predictions."""
+        if not (self.is_writer and self.config.plots):
+            return
+        names = self.info.class_names
+        plots.predictions(images, labels, predictions, names, self.workdir / "predictions.png")
+        plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+
+    @staticmethod
+    def append_line(path: Path, record: dict):
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class EpochProgress:
+    """The epoch's progress bar with the running loss and images/s (tqdm), on a terminal only."""
+
+    def __init__(self, enabled: bool, *, total: int, start: int, desc: str, batch_size: int):
+        self.bar = tqdm(total=total, initial=start, desc=desc, leave=False, unit="step",
+                        dynamic_ncols=True) if enabled else None
+        self.start, self.batch_size, self.t0 = start, batch_size, time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, step: int, sums: dict):
+        if self.bar is None:
+            return
+        self.bar.update(step - self.bar.n)
+        images_per_sec = (step - self.start) * self.batch_size / (time.perf_counter() - self.t0)
+        loss, _ = mean_loss_and_accuracy(sums)
+        self.bar.set_postfix_str(f"loss {loss:.3f}, {images_per_sec:,.0f} img/s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,218 @@
+"""Input pipelines: where a run's batches come from, behind one interface.
+
+* :class:`DevicePipeline` holds the whole (per-process) dataset on every device as uint8; each
+  epoch's order is drawn on device from (data key, epoch) and every step gathers its batch inside
+  the compiled chunk. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
+* :class:`StreamPipeline` streams batches from tf.data (datasets too large for the devices).
+
+Both offer the same three methods: ``train_chunks`` (the rest of an epoch, one chunk of steps at a
+time, each chunk sized to about a second by one :class:`ChunkTimer`), ``evaluate`` (every test example
+of this process once) and ``preview`` (test images and labels for the pictures).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import jax_utils
+
+from flaxcnn import training
+from flaxcnn.training import AXIS
+
+
+@dataclasses.dataclass
+class ChunkTimer:
+    """Sizes chunks of steps so that each pmapped call takes about `target_seconds`.
+
+    The first call compiles, so it runs one step and is not timed; the second runs one step and
+    is timed; later calls run as many steps as fit the target.
+    """
+    target_seconds: float = 1.0
+    seconds_per_step: float | None = None
+    compiled: bool = False
+
+    def next_size(self, remaining: int) -> int:
+        if self.seconds_per_step is None:
+            return min(1, remaining)
+        return int(max(1, min(remaining, self.target_seconds / self.seconds_per_step)))
+
+    def record(self, steps: int, seconds: float):
+        if not self.compiled:
+            self.compiled = True
+            return
+        per_step = max(seconds / steps, 1e-6)
+        self.seconds_per_step = per_step if self.seconds_per_step is None else (
+            0.5 * self.seconds_per_step + 0.5 * per_step)
+
+
+def timed_chunks(run_steps: Callable, state, totals, *, start_step: int, steps_per_epoch: int,
+                 timer: ChunkTimer) -> Iterator[tuple[Any, Any, int]]:
+    """Runs steps start_step .. steps_per_epoch-1 as `run_steps(state, totals, first, count)` calls,
+    yielding `(state, totals, steps_done)` after each; the caller may stop at any yield."""
+    step = start_step
+    while step < steps_per_epoch:
+        n = timer.next_size(steps_per_epoch - step)
+        t0 = time.perf_counter()
+        state, totals = run_steps(state, totals, step, n)
+        jax.block_until_ready(totals)
+        timer.record(n, time.perf_counter() - t0)
+        step += n
+        yield state, totals, step
+
+
+# ------------------------------------------------------------------------------- data on the devices
+
+
+def make_permutation(devices=None):
+    """pmapped `(local_index, data_key, epoch, n)` -> the epoch's order of the n examples, drawn on
+    each device from (data_key, epoch) alone, so identical everywhere."""
+
+    def permutation(local_index, data_key, epoch, n):
+        del local_index  # only gives pmap its device axis
+        return jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
+
+    return jax.pmap(permutation, AXIS, in_axes=(0, None, None, None),
+                    static_broadcasted_argnums=(3,), devices=devices)
+
+
+def local_indices(devices=None):
+    """Each local device's position among the local devices, as a pmapped argument."""
+    devices = list(devices or jax.local_devices())
+    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
+    return jax.device_put(np.arange(len(devices), dtype=np.int32),
+                          jax.NamedSharding(mesh, jax.P(AXIS)))
+
+
+class DeviceData:
+    """A uint8 dataset held on every device, with its per-epoch permutations."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, devices=None):
+        self.num_examples = len(images)
+        self.images = training.replicate(np.asarray(images, np.uint8), devices)
+        self.labels = training.replicate(np.asarray(labels, np.int32), devices)
+        self.local_index = local_indices(devices)
+        self._permutation = make_permutation(devices)
+
+    def permutation(self, data_key, epoch: int):
+        return self._permutation(self.local_index, data_key, epoch, self.num_examples)
+
+
+def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) -> int:
+    return max(1, math.ceil(num_examples / (eval_batch_per_device * num_devices)))
+
+
+def gather_predictions(preds, num_examples: int) -> np.ndarray:
+    """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
+    preds = np.asarray(preds)
+    return preds.transpose(1, 0, 2).reshape(-1)[:num_examples]
+
+
+class DevicePipeline:
+    """This process's uint8 train and test arrays on every local device.
+
+    `num_test` is the whole test split (all processes): every process runs the same number of
+    evaluation steps, enough for the largest shard.
+    """
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                 cfg: training.StepConfig, *, steps_per_epoch: int, num_test: int, data_key,
+                 dropout_key):
+        self.steps_per_epoch, self.data_key, self.dropout_key = steps_per_epoch, data_key, dropout_key
+        self.train_data, self.test_data = DeviceData(*train), DeviceData(*test)
+        self.test_images, self.test_labels = test
+        self.train_chunk = training.make_train_chunk(cfg)
+        self.evaluate_on_device = training.make_evaluate(cfg)
+        self.eval_steps = eval_steps(math.ceil(num_test / jax.process_count()),
+                                     cfg.eval_batch_per_device, jax.local_device_count())
+        self.timer = ChunkTimer()
+
+    def train_chunks(self, state, totals, *, epoch: int, start_step: int):
+        perm = self.train_data.permutation(self.data_key, epoch)
+        data = self.train_data
+
+        def run_steps(state, totals, first, count):
+            return self.train_chunk(state, totals, data.images, data.labels, perm,
+                                    data.local_index, self.dropout_key, first, count)
+
+        return timed_chunks(run_steps, state, totals, start_step=start_step,
+                            steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+
+    def evaluate(self, state) -> tuple[dict, np.ndarray]:
+        """Global test sums, and this process's predictions in example order."""
+        sums, preds = self.evaluate_on_device(state, self.test_data.images, self.test_data.labels,
+                                              self.test_data.local_index, self.eval_steps)
+        return training.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
+
+    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `count` test images and all test labels, in `evaluate`'s order."""
+        return self.test_images[:count], self.test_labels
+
+
+# ---------------------------------------------------------------------------------- tf.data stream
+
+
+class StreamPipeline:
+    """Batches of this process's shard streamed from tf.data (see `flaxcnn.datasets.Dataset`)."""
+
+    def __init__(self, dataset, cfg: training.StepConfig, *, steps_per_epoch: int, seed: int,
+                 dropout_key):
+        self.dataset, self.cfg, self.seed = dataset, cfg, seed
+        self.steps_per_epoch, self.dropout_key = steps_per_epoch, dropout_key
+        local_devices = jax.local_device_count()
+        self.local_batch = cfg.batch_per_device * local_devices
+        self.local_eval_batch = cfg.eval_batch_per_device * local_devices
+        self.train_batch = training.make_train_batch(cfg)
+        self.evaluate_batch = training.make_evaluate_batch(cfg)
+        self.timer = ChunkTimer()
+
+    def train_chunks(self, state, totals, *, epoch: int, start_step: int):
+        batches = self.dataset.stream_train(batch_size=self.local_batch,
+                                            image_size=self.cfg.image_size, seed=self.seed,
+                                            epoch=epoch, skip_batches=start_step)
+        on_device = jax_utils.prefetch_to_device(map(_per_device, batches), 2)
+
+        def run_steps(state, totals, first, count):
+            del first  # the stream is already there
+            for batch in itertools.islice(on_device, count):
+                state, totals = self.train_batch(state, totals, batch["image"], batch["label"],
+                                                 self.dropout_key)
+            return state, totals
+
+        return timed_chunks(run_steps, state, totals, start_step=start_step,
+                            steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+
+    def evaluate(self, state) -> tuple[dict, np.ndarray]:
+        """Global test sums, and this process's predictions in example order."""
+        totals, preds = None, []
+        for batch in self._test_batches():
+            shaped = _per_device(batch)
+            sums, p = self.evaluate_batch(state, shaped["image"], shaped["label"], shaped["mask"])
+            sums = training.host_sums(sums)
+            totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+            preds.append(np.asarray(p).reshape(-1)[batch["mask"]])
+        return totals, np.concatenate(preds)
+
+    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `count` test images and all test labels, in `evaluate`'s order."""
+        images, labels = [], []
+        for batch in self._test_batches():
+            labels.append(batch["label"][batch["mask"]])
+            if sum(len(i) for i in images) < count:
+                images.append(batch["image"][batch["mask"]])
+        return np.concatenate(images)[:count], np.concatenate(labels)
+
+    def _test_batches(self):
+        return self.dataset.stream_eval(batch_size=self.local_eval_batch,
+                                        image_size=self.cfg.image_size)
+
+
+def _per_device(batch: dict) -> dict:
+    """A host batch -> arrays with a leading local-device axis, as pmap takes them."""
+    d = jax.local_device_count()
+    return {k: v.reshape(d, -1, *v.shape[1:]) for k, v in batch.items()}

@@ -1,0 +1,113 @@
+"""trainer.train_and_evaluate end to end: every config under tfds's mock data, learning on the real
+sample, the streamed input, the outputs a run leaves, errors."""
+import json
+
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from flaxcnn import models, outputs, plots, trainer
+from flaxcnn.datasets import resolution
+from flaxcnn.errors import UserError
+from tests.conftest import CONFIG_NAMES, train_to_end
+
+
+def read_metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_trains_one_real_step_on_mock_data(name, make_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
+    config = make_config(name, batch_size=8, num_epochs=1)
+    config.image_size = max(models.create(config.model).min_input_size, 16)
+    with tfds.testing.mock_data(num_examples=12):
+        train_to_end(config, tmp_path)
+    (record,) = read_metrics(tmp_path)
+    assert record["epoch"] == 1 and record["step"] == 1  # 12 examples: one batch of 8
+    assert record["test_examples"] == 12  # the padded last eval batch is masked
+    assert 0 <= record["test_accuracy"] <= 1 and record["train_loss"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == config.model
+    assert (tmp_path / "checkpoints" / "1").is_dir()
+
+
+def test_lenet_bn_learns_the_real_fashion_mnist_sample(make_config, tmp_path):
+    # d2l's own PyTorch LeNet-BN reaches 0.75 on this sample at these settings (single seeds 0.72-0.77).
+    config = make_config("batchnorm", dataset="fashion_mnist_sample", batch_size=64,
+                         learning_rate=1.0, num_epochs=30)
+    train_to_end(config, tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == list(range(1, 31))
+    assert all(m["test_examples"] == 1003 for m in metrics)  # every test image, not 15 x 64
+    assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
+    assert 0.70 <= metrics[-1]["test_accuracy"] <= 0.82
+    assert_run_outputs(tmp_path, metrics)
+
+
+def assert_run_outputs(workdir, metrics):
+    """The pictures, run_info.json and TensorBoard scalars a finished run leaves in its workdir."""
+    for name, size in (("curves.png", plots.CURVES_SIZE), ("predictions.png", plots.PREDICTIONS_SIZE),
+                       ("confusion.png", plots.CONFUSION_SIZE)):
+        with Image.open(workdir / name) as image:
+            assert (image.format, image.size) == ("PNG", size), name
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert (info["params"], info["batch_stats"], info["devices"]) == (44_878, 452, 4)
+    assert info["class_names"][0] == "T-shirt/top" and info["flops_per_image"] > 5e5
+    scalars = {}
+    for event_file in workdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(
+                    tf.make_ndarray(value.tensor))
+    assert set(scalars) == set(outputs.TENSORBOARD_SCALARS)
+    for tag in outputs.TENSORBOARD_SCALARS:
+        assert scalars[tag] == pytest.approx({m["epoch"]: m[tag] for m in metrics}, rel=1e-6)
+
+
+def test_streamed_input_trains_and_evaluates_every_test_image(make_config, tmp_path):
+    config = make_config("batchnorm", dataset="fashion_mnist_sample", input_pipeline="stream",
+                         batch_size=64, num_epochs=2)
+    train_to_end(config, tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [15, 30]  # 1,003 // 64 steps an epoch
+    assert all(m["test_examples"] == 1003 for m in metrics)
+    assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
+    assert (tmp_path / "predictions.png").exists() and (tmp_path / "confusion.png").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"model": "lenet5"}, "unknown model 'lenet5'; use one of: alexnet"),
+    ({"dataset": "no_such_dataset"}, "no_such_dataset"),
+    ({"batch_size": 6}, "batch_size=6 is not divisible by the 4 devices"),
+    ({"image_size": 8}, "at least 16"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+    ({"dtype": "float16"}, "unknown dtype 'float16'; use one of: float32, bfloat16"),
+    ({"model_overrides": {"depth": 3}}, "depth"),
+])
+def test_bad_config_is_a_clear_error(overrides, message, make_config, tmp_path):
+    config = make_config("batchnorm", **{"dataset": "fashion_mnist_sample", **overrides})
+    with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
+        trainer.train_and_evaluate(config, tmp_path / "run")
+    assert "\n" not in str(error.value)
+
+
+def test_unwritable_workdir_is_a_clear_error(make_config, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = make_config("batchnorm", dataset="fashion_mnist_sample")
+    with pytest.raises(UserError, match="cannot write to workdir .*a-file/run"):
+        trainer.train_and_evaluate(config, blocker / "run")
+
+
+def test_progress_bar_shows_steps_running_loss_and_images_per_second(capsys):
+    progress = outputs.EpochProgress(True, total=10, start=2, desc="epoch 1/3", batch_size=8)
+    progress.update(6, {"loss_sum": 8.0, "correct": 0, "count": 32, "bad_step": -1})
+    assert progress.bar.n == 6
+    assert "loss 0.250" in progress.bar.postfix and "img/s" in progress.bar.postfix
+    progress.close()
+    assert "epoch 1/3" in capsys.readouterr().err
+    quiet = outputs.EpochProgress(False, total=10, start=0, desc="epoch 1/3", batch_size=8)
+    quiet.update(3, {"loss_sum": 1.0, "correct": 0, "count": 8, "bad_step": -1})
+    quiet.close()
+    assert capsys.readouterr().err == ""
