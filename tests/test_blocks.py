@@ -1,4 +1,7 @@
 """The building blocks keep or change height, width and channels exactly as their papers say."""
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -7,6 +10,9 @@ from flaxcnn.models.googlenet import Inception
 from flaxcnn.models.nin import nin_block
 from flaxcnn.models.resnet import Bottleneck, Residual
 from flaxcnn.models.vgg import vgg_block
+
+# what a network hands its blocks as `norm` in evaluation mode
+EVAL_NORM = functools.partial(nn.BatchNorm, use_running_average=True)
 
 
 def output_and_variables(block, shape, **call_kwargs):
@@ -46,15 +52,15 @@ def test_inception_keeps_height_and_width_and_concatenates_its_paths():
 
 
 def test_residual_keeps_the_shape_at_stride_1():
-    shape, variables = output_and_variables(Residual(8), (2, 9, 9, 8), train=False)
+    shape, variables = output_and_variables(Residual(8, EVAL_NORM), (2, 9, 9, 8))
     assert shape == (2, 9, 9, 8)
     assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1"]
 
 
 @pytest.mark.parametrize("size, halved", [(8, 4), (9, 5)])
 def test_residual_with_projection_halves_height_and_width_at_stride_2(size, halved):
-    block = Residual(16, use_1x1conv=True, strides=2)
-    shape, variables = output_and_variables(block, (2, size, size, 8), train=False)
+    block = Residual(16, EVAL_NORM, use_1x1conv=True, strides=2)
+    shape, variables = output_and_variables(block, (2, size, size, 8))
     assert shape == (2, halved, halved, 16)
     # d2l: a biased 1x1 convolution on the shortcut, without BatchNorm
     assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Conv_2"]
@@ -63,7 +69,7 @@ def test_residual_with_projection_halves_height_and_width_at_stride_2(size, halv
 
 
 def test_bottleneck_keeps_the_shape_at_stride_1_with_an_identity_shortcut():
-    shape, variables = output_and_variables(Bottleneck(4), (2, 9, 9, 16), train=False)
+    shape, variables = output_and_variables(Bottleneck(4, EVAL_NORM), (2, 9, 9, 16))
     assert shape == (2, 9, 9, 16)
     assert len(variables["params"]) == 6  # three bias-free convolutions, three BatchNorms
     assert all("bias" not in variables["params"][f"Conv_{i}"] for i in range(3))
@@ -71,7 +77,7 @@ def test_bottleneck_keeps_the_shape_at_stride_1_with_an_identity_shortcut():
 
 @pytest.mark.parametrize("size, halved", [(8, 4), (9, 5)])
 def test_bottleneck_with_projection_halves_height_and_width_at_stride_2(size, halved):
-    shape, variables = output_and_variables(Bottleneck(8, strides=2), (2, size, size, 16), train=False)
+    shape, variables = output_and_variables(Bottleneck(8, EVAL_NORM, strides=2), (2, size, size, 16))
     assert shape == (2, halved, halved, 32)
     params = variables["params"]
     assert len(params) == 8  # the projection adds a bias-free 1x1 convolution and a BatchNorm
@@ -80,6 +86,22 @@ def test_bottleneck_with_projection_halves_height_and_width_at_stride_2(size, ha
 
 
 def test_bottleneck_projects_when_only_the_channels_change():
-    shape, variables = output_and_variables(Bottleneck(4), (2, 8, 8, 8), train=False)
+    shape, variables = output_and_variables(Bottleneck(4, EVAL_NORM), (2, 8, 8, 8))
     assert shape == (2, 8, 8, 16)
     assert variables["params"]["Conv_3"]["kernel"].shape == (1, 1, 8, 16)
+
+
+def test_blocks_build_their_batch_norms_from_the_norm_field():
+    """The same block with the from-scratch BatchNorm as its `norm` has the same variables."""
+    from flaxcnn.models.batchnorm import BatchNorm
+
+    scratch = functools.partial(BatchNorm, use_running_average=True)
+    for block, scratch_block, shape in [
+        (Residual(8, EVAL_NORM), Residual(8, scratch), (2, 9, 9, 8)),
+        (Bottleneck(8, EVAL_NORM, strides=2), Bottleneck(8, scratch, strides=2), (2, 8, 8, 16)),
+    ]:
+        flax_shape, flax_variables = output_and_variables(block, shape)
+        scratch_shape, scratch_variables = output_and_variables(scratch_block, shape)
+        assert flax_shape == scratch_shape
+        assert jax.tree_util.tree_map(lambda a: a.shape, flax_variables) == jax.tree_util.tree_map(
+            lambda a: a.shape, scratch_variables)

@@ -1,6 +1,8 @@
 """The model zoo: registry, parameter counts, d2l's layer shapes, smallest inputs, train/eval behaviour, dtypes."""
 import dataclasses
 import functools
+import importlib
+import pathlib
 import subprocess
 import sys
 
@@ -40,7 +42,7 @@ MIN_INPUT_SIZES = {
     "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "resnet50": 1,
 }
 WITH_DROPOUT = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "nin"}
-WITH_BATCH_NORM = {"lenet_bn", "lenet_bn_scratch", "resnet18", "resnet34", "resnet50"}
+WITH_BATCH_NORM = {name for name in models.names() if models.spec(name).has_batch_norm}
 # The tests that compute run one model per architecture, at its smallest input (which shows that it
 # runs there): vgg13/16/19 and resnet34 differ from vgg11 and resnet18 only in their arch tuples,
 # which the shape-only tests cover.
@@ -158,6 +160,46 @@ def module_calls(model, shape):
 
 def test_names_are_the_chapters_models():
     assert models.names() == list(PARAM_COUNTS)
+    assert list(MIN_INPUT_SIZES) == models.names()
+    assert WITH_DROPOUT <= set(models.names()) and set(COMPUTED) <= set(models.names())
+
+
+def test_chapter_models_are_those_d2l_trains_in_chapter_order():
+    assert models.chapter_models() == ["alexnet", "vgg11", "nin", "googlenet", "lenet_bn", "resnet18"]
+    for name in models.names():
+        spec = models.spec(name)
+        assert (spec.d2l_image_size is not None) == (name in models.chapter_models())
+        assert spec.d2l_image_size is not None or spec.d2l_overrides == {}
+        assert spec.module is type(models.create(name))
+        assert all(getattr(models.create(name), field) == value for field, value in spec.fields.items())
+    assert models.spec("vgg11").d2l_overrides == {"width_divisor": 4}
+    assert models.spec("resnet18").d2l_image_size == 96
+
+
+def test_spec_is_a_copy_and_knows_only_registered_names():
+    models.spec("vgg11").d2l_overrides["width_divisor"] = 1
+    assert models.spec("vgg11").d2l_overrides == {"width_divisor": 4}
+    with pytest.raises(ValueError, match="unknown model 'resnet99'"):
+        models.spec("resnet99")
+
+
+CONFIGS = sorted(path.stem for path in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
+                 if path.stem not in ("default", "__init__"))
+
+
+def test_every_chapter_config_is_found():
+    assert len(CONFIGS) >= 6 and "resnet" in CONFIGS
+
+
+@pytest.mark.parametrize("config_name", CONFIGS)
+def test_config_follows_the_registrys_d2l_setup(config_name):
+    pytest.importorskip("ml_collections")
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    assert config.model in models.names()
+    spec = models.spec(config.model)
+    assert spec.d2l_image_size is not None, f"{config.model} has no d2l setup in the registry"
+    assert config.image_size == spec.d2l_image_size
+    assert config.model_overrides.to_dict() == spec.d2l_overrides
 
 
 def test_unknown_name_lists_the_known_names():
@@ -181,9 +223,28 @@ def test_overrides_and_num_classes_reach_the_model():
 
 
 @pytest.mark.parametrize("name", PARAM_COUNTS)
-def test_only_batch_norm_models_have_bn_axis_name(name):
+def test_the_registry_knows_which_models_have_batch_norm(name):
+    spec = models.spec(name)
     fields = {field.name for field in dataclasses.fields(models.create(name))}
-    assert ("bn_axis_name" in fields) == (name in WITH_BATCH_NORM)
+    assert ("bn_axis_name" in fields) == spec.has_batch_norm  # training.cross_replica still looks for it
+    assert spec.batch_norm_axis_field is None or spec.batch_norm_axis_field in fields
+    size = MIN_INPUT_SIZES[name]
+    assert bool(abstract_init(models.create(name), (1, size, size, 1)).get("batch_stats")) == spec.has_batch_norm
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_batch_norm_axis_changes_only_networks_with_batch_norm(name):
+    model = models.create(name, batch_norm_axis="replicas")
+    if name in WITH_BATCH_NORM:
+        assert model != models.create(name)
+        assert getattr(model, models.spec(name).batch_norm_axis_field) == "replicas"
+    else:
+        assert model == models.create(name)
+
+
+def test_the_batch_norm_axis_is_not_an_override():
+    with pytest.raises(ValueError, match="batch_norm_axis="):
+        models.create("resnet18", bn_axis_name="replicas")
 
 
 def test_models_import_without_tensorflow_or_training_libraries():
@@ -421,8 +482,16 @@ def test_train_and_eval_differ_only_by_dropout_and_batch_norm(name):
         np.testing.assert_array_equal(train_logits, eval_logits)
 
 
+# BatchNorm layers per network with BatchNorm
+BATCH_NORM_LAYERS = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53}
+
+
+def test_batch_norm_layers_lists_the_networks_with_batch_norm():
+    assert set(BATCH_NORM_LAYERS) == WITH_BATCH_NORM
+
+
 @pytest.mark.parametrize("name", sorted(WITH_BATCH_NORM))
-def test_bn_axis_name_reaches_every_batch_norm(name):
+def test_batch_norm_axis_reaches_every_batch_norm(name):
     axis_names = []
 
     def record(next_fun, args, kwargs, context):
@@ -431,9 +500,11 @@ def test_bn_axis_name_reaches_every_batch_norm(name):
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
-        abstract_init(models.create(name, bn_axis_name="replicas"), (1, 32, 32, 1))
-    expected = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53}
-    assert axis_names == ["replicas"] * expected[name]
+        size = max(32, MIN_INPUT_SIZES[name])
+        variables = abstract_init(models.create(name, batch_norm_axis="replicas"), (1, size, size, 1))
+    assert axis_names == ["replicas"] * BATCH_NORM_LAYERS[name]
+    means = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables["batch_stats"]) if path[-1].key == "mean"]
+    assert len(means) == BATCH_NORM_LAYERS[name]
 
 
 @pytest.mark.parametrize("name", PARAM_COUNTS)
