@@ -13,8 +13,11 @@ import jax.numpy as jnp
 
 from flaxcnn.models.alexnet import AlexNet
 from flaxcnn.models.batchnorm import LeNetBN
+from flaxcnn.models.densenet import DenseNet
 from flaxcnn.models.googlenet import GoogLeNet
+from flaxcnn.models.inception import InceptionV3
 from flaxcnn.models.nin import NiN
+from flaxcnn.models.regnet import REGNETX32_ARCH, AnyNet
 from flaxcnn.models.resnet import ResNet
 from flaxcnn.models.vgg import VGG, VGG11_ARCH, VGG13_ARCH, VGG16_ARCH, VGG19_ARCH
 
@@ -25,7 +28,9 @@ class ModelSpec:
     overrides replace them). `batch_norm_axis_field`: the field that names the pmap axis to
     average BatchNorm statistics over, None for networks without BatchNorm.
     `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
-    trains it on Fashion-MNIST; None and {} for models the chapter does not train."""
+    trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
+    torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
+    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out."""
 
     module: type[nn.Module]
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -49,6 +54,7 @@ _REGISTRY = {
     "vgg19": ModelSpec(VGG, {"conv_arch": VGG19_ARCH}),
     "nin": ModelSpec(NiN, d2l_image_size=224),
     "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
+    "inception_v3": ModelSpec(InceptionV3, batch_norm_axis_field=_BN, d2l_image_size=299),
     "lenet_bn": ModelSpec(LeNetBN, batch_norm_axis_field=_BN, d2l_image_size=28),
     "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, batch_norm_axis_field=_BN),
     "resnet18": ModelSpec(ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))},
@@ -56,6 +62,12 @@ _REGISTRY = {
     "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, batch_norm_axis_field=_BN),
     "resnet50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True},
                           batch_norm_axis_field=_BN),
+    "resnext50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True,
+                                    "cardinality": 32, "base_width": 4},
+                           batch_norm_axis_field=_BN, d2l_image_size=224),
+    "densenet": ModelSpec(DenseNet, batch_norm_axis_field=_BN, d2l_image_size=96),
+    "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
+                           batch_norm_axis_field=_BN, d2l_image_size=96),
 }
 
 
@@ -65,7 +77,8 @@ def names() -> list[str]:
 
 
 def chapter_models() -> list[str]:
-    """The models d2l trains in the chapter (those with a d2l setup), in chapter order."""
+    """The chapter's models with a d2l setup (see `ModelSpec`), in chapter order: the list the
+    benchmark runs."""
     return [name for name, entry in _REGISTRY.items() if entry.d2l_image_size is not None]
 
 
