@@ -1,5 +1,7 @@
 """Batch normalization from scratch: statistics over the right axes, moving averages, evaluation
 mode, and agreement with flax.linen.BatchNorm, also across pmap replicas."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,7 +96,8 @@ MOMENTUM, MODULE_EPS = 0.8, 1e-3
 def scratch_and_flax(axis_name=None):
     scratch = BatchNorm(momentum=MOMENTUM, epsilon=MODULE_EPS, axis_name=axis_name)
     flax_bn = nn.BatchNorm(momentum=MOMENTUM, epsilon=MODULE_EPS, axis_name=axis_name)
-    return (lambda variables, x, train: scratch.apply(variables, x, train, mutable=["batch_stats"]),
+    return (lambda variables, x, train: scratch.apply(variables, x, use_running_average=not train,
+                                                      mutable=["batch_stats"]),
             lambda variables, x, train: flax_bn.apply(variables, x, use_running_average=not train,
                                                       mutable=["batch_stats"]))
 
@@ -102,7 +105,7 @@ def scratch_and_flax(axis_name=None):
 def trained_variables(shape):
     """Variables as both modules initialise them, with non-trivial scale and bias."""
     x = jnp.asarray(channel_data(shape))
-    variables = BatchNorm().init(jax.random.key(0), x, train=False)
+    variables = BatchNorm().init(jax.random.key(0), x, use_running_average=True)
     flax_variables = nn.BatchNorm(use_running_average=True).init(jax.random.key(0), x)
     assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(flax_variables)
     return {"params": {"scale": jnp.array([2.0, 0.5, -1.0]), "bias": jnp.array([0.3, -0.2, 1.0])},
@@ -150,3 +153,20 @@ def test_cross_replica_statistics_are_those_of_the_global_batch():
     flax_y, flax_state = flax_replicated(variables, x, True)
     np.testing.assert_allclose(y, flax_y, rtol=1e-4, atol=1e-4)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state, flax_state)
+
+
+def test_use_running_average_is_a_field_or_an_argument_as_in_flax():
+    """The network's partial of either BatchNorm is called the same way: `norm()(x)`."""
+    x = jnp.asarray(channel_data((8, 6, 5, 3), seed=30))
+    variables = trained_variables((8, 6, 5, 3))
+    for train in (True, False):
+        expected = BatchNorm().apply(variables, x, use_running_average=not train, mutable=["batch_stats"])
+        for module_class in (BatchNorm, nn.BatchNorm):
+            norm = functools.partial(module_class, use_running_average=not train, momentum=0.9)
+            y, state = norm().apply(variables, x, mutable=["batch_stats"])
+            np.testing.assert_allclose(y, expected[0], rtol=1e-5, atol=1e-5)
+            jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state, expected[1])
+    with pytest.raises(ValueError, match="use_running_average"):
+        BatchNorm(use_running_average=True).apply(variables, x, use_running_average=True)
+    with pytest.raises(ValueError, match="use_running_average"):
+        BatchNorm().apply(variables, x)

@@ -1,6 +1,8 @@
 """The model zoo: registry, parameter counts, d2l's layer shapes, smallest inputs, train/eval behaviour, dtypes."""
 import dataclasses
 import functools
+import importlib
+import pathlib
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 from flaxcnn import models
 from flaxcnn.models.batchnorm import BatchNorm as ScratchBatchNorm
 from flaxcnn.models.init import xavier_uniform
+from flaxcnn.models.resnet import ResNeXtBlock
 from flaxcnn.models.vgg import vgg_block
 from flaxcnn.summary import param_count
 
@@ -29,22 +32,34 @@ PARAM_COUNTS = {
     "vgg19": (224, 139_610_058),
     "nin": (224, 1_992_166),
     "googlenet": (96, 5_977_530),
+    "inception_v3": (299, 21_805_482),
     "lenet_bn": (28, 44_878),
     "lenet_bn_scratch": (28, 44_878),
     "resnet18": (96, 11_178_378),
     "resnet34": (96, 21_290_250),
     "resnet50": (96, 23_522_250),
+    "resnext50": (224, 22_994_122),
+    "densenet": (96, 758_226),
+    "regnetx32": (96, 179_290),
 }
 MIN_INPUT_SIZES = {
     "alexnet": 65, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32, "nin": 67, "googlenet": 1,
-    "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "resnet50": 1,
+    "inception_v3": 75, "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "resnet50": 1,
+    "resnext50": 1, "densenet": 29, "regnetx32": 1,
 }
-WITH_DROPOUT = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "nin"}
-WITH_BATCH_NORM = {"lenet_bn", "lenet_bn_scratch", "resnet18", "resnet34", "resnet50"}
+# BatchNorm statistics (mean and variance values) of the networks with BatchNorm; d2l's ResNets have
+# no BatchNorm on the 1x1 shortcut, torchvision's (resnet50, resnext50) have
+BATCH_STATS = {"lenet_bn": 452, "lenet_bn_scratch": 452, "resnet18": 7_808, "resnet34": 15_232,
+               "resnet50": 53_120, "resnext50": 68_224, "densenet": 6_608, "regnetx32": 3_936,
+               "inception_v3": 34_432}
+WITH_DROPOUT = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "nin", "inception_v3"}
+WITH_BATCH_NORM = {name for name in models.names() if models.spec(name).has_batch_norm}
 # The tests that compute run one model per architecture, at its smallest input (which shows that it
 # runs there): vgg13/16/19 and resnet34 differ from vgg11 and resnet18 only in their arch tuples,
-# which the shape-only tests cover.
-COMPUTED = ["alexnet", "vgg11", "nin", "googlenet", "lenet_bn", "lenet_bn_scratch", "resnet18", "resnet50"]
+# resnext50 from resnet50 in grouped 3x3 convolutions, which regnetx32 computes; the shape-only
+# tests cover them.
+COMPUTED = ["alexnet", "vgg11", "nin", "googlenet", "inception_v3", "lenet_bn", "lenet_bn_scratch", "resnet18",
+            "resnet50", "densenet", "regnetx32"]
 
 
 def images(size, seed):
@@ -158,6 +173,47 @@ def module_calls(model, shape):
 
 def test_names_are_the_chapters_models():
     assert models.names() == list(PARAM_COUNTS)
+    assert list(MIN_INPUT_SIZES) == models.names()
+    assert WITH_DROPOUT <= set(models.names()) and set(COMPUTED) <= set(models.names())
+
+
+def test_chapter_models_are_those_d2l_trains_in_chapter_order():
+    assert models.chapter_models() == ["alexnet", "vgg11", "nin", "googlenet", "inception_v3", "lenet_bn",
+                                       "resnet18", "resnext50", "densenet", "regnetx32"]
+    for name in models.names():
+        spec = models.spec(name)
+        assert (spec.d2l_image_size is not None) == (name in models.chapter_models())
+        assert spec.d2l_image_size is not None or spec.d2l_overrides == {}
+        assert spec.module is type(models.create(name))
+        assert all(getattr(models.create(name), field) == value for field, value in spec.fields.items())
+    assert models.spec("vgg11").d2l_overrides == {"width_divisor": 4}
+    assert models.spec("resnet18").d2l_image_size == 96
+
+
+def test_spec_is_a_copy_and_knows_only_registered_names():
+    models.spec("vgg11").d2l_overrides["width_divisor"] = 1
+    assert models.spec("vgg11").d2l_overrides == {"width_divisor": 4}
+    with pytest.raises(ValueError, match="unknown model 'resnet99'"):
+        models.spec("resnet99")
+
+
+CONFIGS = sorted(path.stem for path in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
+                 if path.stem not in ("default", "__init__"))
+
+
+def test_every_chapter_config_is_found():
+    assert len(CONFIGS) >= 6 and "resnet" in CONFIGS
+
+
+@pytest.mark.parametrize("config_name", CONFIGS)
+def test_config_follows_the_registrys_d2l_setup(config_name):
+    pytest.importorskip("ml_collections")
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    assert config.model in models.names()
+    spec = models.spec(config.model)
+    assert spec.d2l_image_size is not None, f"{config.model} has no d2l setup in the registry"
+    assert config.image_size == spec.d2l_image_size
+    assert config.model_overrides.to_dict() == spec.d2l_overrides
 
 
 def test_unknown_name_lists_the_known_names():
@@ -181,9 +237,28 @@ def test_overrides_and_num_classes_reach_the_model():
 
 
 @pytest.mark.parametrize("name", PARAM_COUNTS)
-def test_only_batch_norm_models_have_bn_axis_name(name):
+def test_the_registry_knows_which_models_have_batch_norm(name):
+    spec = models.spec(name)
     fields = {field.name for field in dataclasses.fields(models.create(name))}
-    assert ("bn_axis_name" in fields) == (name in WITH_BATCH_NORM)
+    assert ("bn_axis_name" in fields) == spec.has_batch_norm  # training.cross_replica still looks for it
+    assert spec.batch_norm_axis_field is None or spec.batch_norm_axis_field in fields
+    size = MIN_INPUT_SIZES[name]
+    assert bool(abstract_init(models.create(name), (1, size, size, 1)).get("batch_stats")) == spec.has_batch_norm
+
+
+@pytest.mark.parametrize("name", PARAM_COUNTS)
+def test_batch_norm_axis_changes_only_networks_with_batch_norm(name):
+    model = models.create(name, batch_norm_axis="replicas")
+    if name in WITH_BATCH_NORM:
+        assert model != models.create(name)
+        assert getattr(model, models.spec(name).batch_norm_axis_field) == "replicas"
+    else:
+        assert model == models.create(name)
+
+
+def test_the_batch_norm_axis_is_not_an_override():
+    with pytest.raises(ValueError, match="batch_norm_axis="):
+        models.create("resnet18", bn_axis_name="replicas")
 
 
 def test_models_import_without_tensorflow_or_training_libraries():
@@ -202,6 +277,12 @@ def test_parameter_count(name):
     variables = abstract_init(models.create(name), (1, size, size, 1))
     assert param_count(variables["params"]) == expected
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_STATS))
+def test_batch_norm_statistics_count(name):
+    size = PARAM_COUNTS[name][0]
+    assert param_count(abstract_init(models.create(name), (1, size, size, 1))["batch_stats"]) == BATCH_STATS[name]
 
 
 def test_resnet18_batch_stats_and_thin_vgg11():
@@ -266,6 +347,91 @@ def test_resnet18_stage_shapes_match_d2l():
     assert after_stem == (1, 24, 24, 64)
     assert after_stages == [(1, 24, 24, 64), (1, 12, 12, 128), (1, 6, 6, 256), (1, 3, 3, 512)]
     assert calls["Dense_0"][0] == (1, 512)
+
+
+def test_densenet_block_shapes_match_d2l():
+    calls = module_calls(models.create("densenet"), (1, 96, 96, 1))
+    assert calls["DenseBlock_0"] == ((1, 24, 24, 64), (1, 24, 24, 192))
+    assert calls["TransitionBlock_0"] == ((1, 24, 24, 192), (1, 12, 12, 96))
+    assert calls["TransitionBlock_1"][1] == (1, 6, 6, 112)
+    assert calls["TransitionBlock_2"][1] == (1, 3, 3, 120)
+    assert calls["DenseBlock_3"][1] == (1, 3, 3, 248)
+    assert calls["Dense_0"][0] == (1, 248)
+
+
+def test_regnetx32_stage_shapes_match_d2l():
+    calls = module_calls(models.create("regnetx32"), (1, 96, 96, 1))
+    assert calls["ResNeXtBlock_0"] == ((1, 48, 48, 32), (1, 24, 24, 32))
+    assert calls["ResNeXtBlock_3"][1] == (1, 24, 24, 32)
+    assert calls["ResNeXtBlock_4"][1] == (1, 12, 12, 80)
+    assert calls["ResNeXtBlock_9"][1] == (1, 12, 12, 80)
+    assert "ResNeXtBlock_10" not in calls
+    assert calls["Dense_0"][0] == (1, 80)
+
+
+def test_resnext50_has_torchvisions_grouped_3x3_convolutions():
+    params = abstract_init(models.create("resnext50"), (1, 64, 64, 1))["params"]
+    # torchvision's resnext50_32x4d: width = planes * 4 / 64 * 32 = 2 * planes, 32 groups on the 3x3
+    for block, planes in [("Bottleneck_0", 64), ("Bottleneck_3", 128), ("Bottleneck_7", 256), ("Bottleneck_13", 512)]:
+        assert params[block]["Conv_1"]["kernel"].shape == (3, 3, 2 * planes // 32, 2 * planes)
+        assert params[block]["Conv_2"]["kernel"].shape == (1, 1, 2 * planes, 4 * planes)
+    assert "Bottleneck_16" not in params
+
+
+def test_inception_v3_grid_sizes_match_torchvision():
+    calls = module_calls(models.create("inception_v3"), (1, 299, 299, 1))
+    assert calls["Mixed_5b"][0] == (1, 35, 35, 192)
+    assert [calls[f"Mixed_{block}"][1] for block in ("5b", "5c", "5d", "6a", "6e", "7a", "7b", "7c")] == [
+        (1, 35, 35, 256), (1, 35, 35, 288), (1, 35, 35, 288), (1, 17, 17, 768), (1, 17, 17, 768),
+        (1, 8, 8, 1280), (1, 8, 8, 2048), (1, 8, 8, 2048)]
+    assert calls["fc"][0] == (1, 2048)
+
+
+def test_inception_v3_aux_logits_adds_torchvisions_auxiliary_classifier():
+    model = models.create("inception_v3", aux_logits=True)
+    variables = abstract_init(model, (1, 299, 299, 1))
+    assert param_count(variables["params"]) == 24_370_868
+    assert param_count(variables["batch_stats"]) == 36_224
+    assert sorted(variables["params"]["AuxLogits"]) == ["conv0", "conv1", "fc"]
+    assert set(variables) == {"params", "batch_stats"}  # initialization sows nothing
+
+
+def test_inception_v3_aux_logits_keep_the_trainers_interface():
+    """Training and evaluation both return just the logits; training sows the auxiliary logits
+    into "intermediates" for whoever asks for that collection; evaluation does not run the head."""
+    model = models.create("inception_v3", aux_logits=True, num_classes=7)
+    x = jax.ShapeDtypeStruct((2, 299, 299, 1), jnp.float32)
+    variables = abstract_init(model, (2, 299, 299, 1))
+    rngs = {"dropout": KEY}
+
+    def run(train, mutable):
+        return jax.eval_shape(lambda v, x: model.apply(v, x, train=train, rngs=rngs, mutable=mutable), variables, x)
+
+    logits, state = run(True, ["batch_stats"])
+    assert logits.shape == (2, 7) and set(state) == {"batch_stats"}
+    logits, state = run(True, ["batch_stats", "intermediates"])
+    assert logits.shape == (2, 7)
+    (aux,) = state["intermediates"]["aux_logits"]
+    assert aux.shape == (2, 7)
+    calls = []
+
+    def record(next_fun, args, kwargs, context):
+        calls.append("/".join(context.module.path))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        logits, state = run(False, ["batch_stats", "intermediates"])
+    assert logits.shape == (2, 7) and not state.get("intermediates")
+    assert "Mixed_7c" in calls and not any(call.startswith("AuxLogits") for call in calls)
+
+
+def test_inception_v3_with_aux_logits_needs_299_pixels(monkeypatch):
+    model = models.create("inception_v3", aux_logits=True)
+    assert model.min_input_size == 299
+    with pytest.raises(ValueError, match="InceptionV3 needs inputs of at least 299x299 pixels, got 298x299"):
+        abstract_init(model, (1, 298, 299, 1))
+    without_input_check(monkeypatch, model)
+    assert has_empty_layer(model, (1, 298, 298, 1))
 
 
 # --- smallest inputs -------------------------------------------------------------------
@@ -348,7 +514,9 @@ def test_every_conv_and_dense_layer_initialises_like_d2l_pytorch(name):
         assert layer.kernel_init is xavier_uniform  # whose values the next two tests check
         if layer.use_bias:
             window = layer.kernel_size if isinstance(layer, nn.Conv) else ()
-            bound = 1 / np.sqrt(input_shape[-1] * np.prod(window))
+            # a grouped convolution's output sees in_channels / groups inputs (PyTorch's fan_in)
+            groups = getattr(layer, "feature_group_count", 1)
+            bound = 1 / np.sqrt(input_shape[-1] // groups * np.prod(window))
             draws = layer.bias_init(KEY, (20_000,))  # 20,000 draws of this layer's bias initialiser
             assert np.abs(draws).max() > 0.99 * bound, (layer.name, input_shape)
             assert_uniform(draws, bound)
@@ -372,6 +540,18 @@ def test_vgg_block_draws_xavier_uniform_kernels_and_pytorch_biases():
     params = jax.jit(block.init).lower(KEY, x).compile(FAST_COMPILE)(KEY, x)["params"]
     (layer,) = params.values()
     assert_xavier_kernel_and_pytorch_bias(layer["kernel"], layer["bias"], 64 * 9, 512 * 9)
+
+
+def test_grouped_convolution_draws_xavier_uniform_kernels_and_pytorch_biases():
+    """PyTorch's fans of a grouped convolution's (out, in / groups, kh, kw) weight: fan_in = in / groups * kh * kw,
+    fan_out = out * kh * kw; flax's (kh, kw, in / groups, out) kernel gives Xavier the same."""
+    # d2l's ResNeXt block with 256 channels and group width 16: a 3x3 convolution in 16 groups
+    block = ResNeXtBlock(256, 16, 1, functools.partial(nn.BatchNorm, use_running_average=True))
+    x = jnp.zeros((1, 2, 2, 256))
+    params = jax.jit(block.init).lower(KEY, x).compile(FAST_COMPILE)(KEY, x)["params"]
+    grouped = params["Conv_1"]
+    assert grouped["kernel"].shape == (3, 3, 16, 256)
+    assert_xavier_kernel_and_pytorch_bias(grouped["kernel"], grouped["bias"], 16 * 9, 256 * 9)
 
 
 def test_nin_is_not_dead_at_initialisation():
@@ -421,8 +601,17 @@ def test_train_and_eval_differ_only_by_dropout_and_batch_norm(name):
         np.testing.assert_array_equal(train_logits, eval_logits)
 
 
+# BatchNorm layers per network with BatchNorm
+BATCH_NORM_LAYERS = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53,
+                     "resnext50": 53, "densenet": 21, "regnetx32": 33, "inception_v3": 94}
+
+
+def test_batch_norm_layers_lists_the_networks_with_batch_norm():
+    assert set(BATCH_NORM_LAYERS) == set(BATCH_STATS) == WITH_BATCH_NORM
+
+
 @pytest.mark.parametrize("name", sorted(WITH_BATCH_NORM))
-def test_bn_axis_name_reaches_every_batch_norm(name):
+def test_batch_norm_axis_reaches_every_batch_norm(name):
     axis_names = []
 
     def record(next_fun, args, kwargs, context):
@@ -431,9 +620,12 @@ def test_bn_axis_name_reaches_every_batch_norm(name):
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
-        abstract_init(models.create(name, bn_axis_name="replicas"), (1, 32, 32, 1))
-    expected = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53}
-    assert axis_names == ["replicas"] * expected[name]
+        size = max(32, MIN_INPUT_SIZES[name])
+        variables = abstract_init(models.create(name, batch_norm_axis="replicas"), (1, size, size, 1))
+    assert axis_names == ["replicas"] * BATCH_NORM_LAYERS[name]
+    means = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables["batch_stats"])
+             if path[-1].key == "mean"]
+    assert len(means) == BATCH_NORM_LAYERS[name]
 
 
 @pytest.mark.parametrize("name", PARAM_COUNTS)

@@ -1,48 +1,117 @@
-"""The model zoo: `create(name)` builds any network of the chapter by name."""
+"""The model zoo: `create(name)` builds any network of the chapter by name.
+
+`_REGISTRY` is the one list of models: for each name, the module class and the fields that
+make it that model, which field (if any) takes the pmap axis of its BatchNorm statistics,
+and, for the networks d2l trains in the chapter, d2l's experiment setup (image size and
+model overrides), which the configs and the benchmark follow.
+"""
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from flaxcnn.models.alexnet import AlexNet
 from flaxcnn.models.batchnorm import LeNetBN
+from flaxcnn.models.densenet import DenseNet
 from flaxcnn.models.googlenet import GoogLeNet
+from flaxcnn.models.inception import InceptionV3
 from flaxcnn.models.nin import NiN
+from flaxcnn.models.regnet import REGNETX32_ARCH, AnyNet
 from flaxcnn.models.resnet import ResNet
 from flaxcnn.models.vgg import VGG, VGG11_ARCH, VGG13_ARCH, VGG16_ARCH, VGG19_ARCH
 
-# name -> (module class, the fields that make it that model)
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model. `fields`: the module fields that make it that model (`create`'s
+    overrides replace them). `batch_norm_axis_field`: the field that names the pmap axis to
+    average BatchNorm statistics over, None for networks without BatchNorm.
+    `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
+    trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
+    torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
+    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out."""
+
+    module: type[nn.Module]
+    fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_norm_axis_field: str | None = None
+    d2l_image_size: int | None = None
+    d2l_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_batch_norm(self) -> bool:
+        return self.batch_norm_axis_field is not None
+
+
+_BN = "bn_axis_name"  # the networks with BatchNorm all call their axis field this
+
+# In chapter order: `names()` and `chapter_models()` list the models in this order.
 _REGISTRY = {
-    "alexnet": (AlexNet, {}),
-    "vgg11": (VGG, {"conv_arch": VGG11_ARCH}),
-    "vgg13": (VGG, {"conv_arch": VGG13_ARCH}),
-    "vgg16": (VGG, {"conv_arch": VGG16_ARCH}),
-    "vgg19": (VGG, {"conv_arch": VGG19_ARCH}),
-    "nin": (NiN, {}),
-    "googlenet": (GoogLeNet, {}),
-    "lenet_bn": (LeNetBN, {}),
-    "lenet_bn_scratch": (LeNetBN, {"batch_norm_from_scratch": True}),
-    "resnet18": (ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))}),
-    "resnet34": (ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}),
-    "resnet50": (ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True}),
+    "alexnet": ModelSpec(AlexNet, d2l_image_size=224),
+    "vgg11": ModelSpec(VGG, {"conv_arch": VGG11_ARCH}, d2l_image_size=224, d2l_overrides={"width_divisor": 4}),
+    "vgg13": ModelSpec(VGG, {"conv_arch": VGG13_ARCH}),
+    "vgg16": ModelSpec(VGG, {"conv_arch": VGG16_ARCH}),
+    "vgg19": ModelSpec(VGG, {"conv_arch": VGG19_ARCH}),
+    "nin": ModelSpec(NiN, d2l_image_size=224),
+    "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
+    "inception_v3": ModelSpec(InceptionV3, batch_norm_axis_field=_BN, d2l_image_size=299),
+    "lenet_bn": ModelSpec(LeNetBN, batch_norm_axis_field=_BN, d2l_image_size=28),
+    "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, batch_norm_axis_field=_BN),
+    "resnet18": ModelSpec(ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))},
+                          batch_norm_axis_field=_BN, d2l_image_size=96),
+    "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, batch_norm_axis_field=_BN),
+    "resnet50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True},
+                          batch_norm_axis_field=_BN),
+    "resnext50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True,
+                                    "cardinality": 32, "base_width": 4},
+                           batch_norm_axis_field=_BN, d2l_image_size=224),
+    "densenet": ModelSpec(DenseNet, batch_norm_axis_field=_BN, d2l_image_size=96),
+    "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
+                           batch_norm_axis_field=_BN, d2l_image_size=96),
 }
 
 
 def names() -> list[str]:
-    """The names `create` accepts."""
+    """The names `create` accepts, in chapter order."""
     return list(_REGISTRY)
 
 
-def create(name: str, *, num_classes: int = 10, batch_norm_axis=None, **overrides) -> nn.Module:
-    """The model called `name`, with `overrides` replacing its default field values."""
-    if batch_norm_axis is not None and "bn_axis_name" in [f.name for f in dataclasses.fields(_REGISTRY[name][0])]:  # TEMP shim until the models branch lands
-        overrides["bn_axis_name"] = batch_norm_axis
+def chapter_models() -> list[str]:
+    """The chapter's models with a d2l setup (see `ModelSpec`), in chapter order: the list the
+    benchmark runs."""
+    return [name for name, entry in _REGISTRY.items() if entry.d2l_image_size is not None]
+
+
+def spec(name: str) -> ModelSpec:
+    """The registry entry of `name` (a copy: changing it changes nothing)."""
+    _check_name(name)
+    entry = _REGISTRY[name]
+    return dataclasses.replace(entry, fields=dict(entry.fields), d2l_overrides=dict(entry.d2l_overrides))
+
+
+def _check_name(name: str) -> None:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}")
-    module_class, fields = _REGISTRY[name]
-    valid_fields = [f.name for f in dataclasses.fields(module_class) if f.name not in ("parent", "name")]
+
+
+def create(name: str, *, num_classes: int = 10, dtype: Any = jnp.float32, batch_norm_axis: str | None = None,
+           **overrides) -> nn.Module:
+    """The model called `name`, computing in `dtype` (parameters stay float32), with `overrides`
+    replacing its default field values. With `batch_norm_axis`, a network with BatchNorm
+    averages its batch statistics over that pmap axis (the global batch); a network without
+    BatchNorm is the same either way."""
+    _check_name(name)
+    entry = _REGISTRY[name]
+    valid_fields = [f.name for f in dataclasses.fields(entry.module)
+                    if f.name not in ("parent", "name", entry.batch_norm_axis_field)]
     for field in overrides:
+        if field == entry.batch_norm_axis_field:
+            raise ValueError(f"pass the BatchNorm axis of model {name!r} as batch_norm_axis=, not {field}=")
         if field not in valid_fields:
             raise ValueError(
                 f"model {name!r} has no field {field!r}; valid fields: {', '.join(valid_fields)}"
             )
-    return module_class(**{**fields, "num_classes": num_classes, **overrides})
+    fields = {**entry.fields, "num_classes": num_classes, "dtype": dtype, **overrides}
+    if entry.has_batch_norm:
+        fields[entry.batch_norm_axis_field] = batch_norm_axis
+    return entry.module(**fields)

@@ -5,6 +5,7 @@ of the current minibatch (over N for dense outputs, over N, H and W for NHWC fea
 maps), then applies a learned scale and shift; it also keeps moving averages of those
 statistics, which replace the batch statistics at evaluation time.
 """
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -13,6 +14,11 @@ from jax import lax
 
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+
+# A module class, or a functools.partial of one, that a network hands its blocks: e.g. the
+# network's BatchNorm, configured once (train or evaluation mode, momentum, epsilon, dtype,
+# pmap axis), which each block calls as `self.norm()(x)` for a new layer.
+ModuleDef = Any
 
 
 def batch_norm(x, gamma, beta, moving_mean, moving_var, *, eps, momentum, train, axis_name=None):
@@ -41,17 +47,22 @@ def batch_norm(x, gamma, beta, moving_mean, moving_var, *, eps, momentum, train,
 
 
 class BatchNorm(nn.Module):
-    """`batch_norm` as a layer, with the same variables as flax.linen.BatchNorm: 'scale' and
-    'bias' in params, 'mean' and 'var' in batch_stats. `dtype=None` returns the promoted
-    dtype of input and parameters, as flax does."""
+    """`batch_norm` as a layer, with the same variables and calling convention as
+    flax.linen.BatchNorm: 'scale' and 'bias' in params, 'mean' and 'var' in batch_stats;
+    `use_running_average` (evaluation mode) is a field or a call argument, exactly one of them
+    set. So `partial(BatchNorm, use_running_average=not train, ...)` and the same partial of
+    nn.BatchNorm are interchangeable. `dtype=None` returns the promoted dtype of input and
+    parameters, as flax does."""
 
+    use_running_average: bool | None = None
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = None
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, use_running_average: bool | None = None):
+        train = not nn.merge_param("use_running_average", self.use_running_average, use_running_average)
         channels = (x.shape[-1],)
         scale = self.param("scale", nn.initializers.ones, channels, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, channels, jnp.float32)
@@ -69,17 +80,11 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype or jnp.result_type(x, scale))
 
 
-def flax_batch_norm(module: nn.Module, train: bool) -> nn.BatchNorm:
-    """flax.linen.BatchNorm configured from `module`'s bn_momentum, bn_epsilon, bn_axis_name and
-    dtype fields, created inside (and named by) `module`'s compact `__call__`."""
-    return nn.BatchNorm(use_running_average=not train, momentum=module.bn_momentum,
-                        epsilon=module.bn_epsilon, dtype=module.dtype, axis_name=module.bn_axis_name)
-
-
 class LeNetBN(nn.Module):
     """LeNet-5 with batch normalization after every convolution and hidden dense layer, and
     sigmoid activations. `batch_norm_from_scratch` picks the `BatchNorm` above instead of
-    flax.linen.BatchNorm; both have the same variables."""
+    flax.linen.BatchNorm; both have the same variables. `bn_axis_name`: the pmap axis to
+    average the batch statistics over (None: each device's own batch)."""
 
     num_classes: int = 10
     batch_norm_from_scratch: bool = False
@@ -97,14 +102,12 @@ class LeNetBN(nn.Module):
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
 
+        norm = partial(BatchNorm if self.batch_norm_from_scratch else nn.BatchNorm,
+                       use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
+
         def norm_sigmoid(x):
-            if self.batch_norm_from_scratch:
-                norm = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                 dtype=self.dtype, axis_name=self.bn_axis_name)
-                x = norm(x, train)
-            else:
-                x = flax_batch_norm(self, train)(x)
-            return nn.sigmoid(x)
+            return nn.sigmoid(norm()(x))
 
         x = norm_sigmoid(conv(x, 6, (5, 5), padding=0, dtype=self.dtype))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))

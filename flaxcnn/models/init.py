@@ -34,8 +34,11 @@ def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
 
 def conv(x, features: int, kernel_size: Sequence[int], **conv_fields):
     """`nn.Conv(features, kernel_size, **conv_fields)` applied to the NHWC array x, initialised
-    like d2l's `nn.Conv2d`: Xavier-uniform kernel, bias uniform in +-1/sqrt(in_channels * kh * kw)."""
-    fan_in = x.shape[-1] * math.prod(kernel_size)
+    like d2l's `nn.Conv2d`: Xavier-uniform kernel, bias uniform in +-1/sqrt(fan_in). A grouped
+    convolution (`feature_group_count=g`, PyTorch's `groups=g`) sees in_channels / g inputs per
+    output, so fan_in = in_channels / g * kh * kw, as PyTorch computes it from its
+    (out, in / g, kh, kw) weight; flax's (kh, kw, in / g, out) kernel gives Xavier the same fans."""
+    fan_in = x.shape[-1] // conv_fields.get("feature_group_count", 1) * math.prod(kernel_size)
     layer = nn.Conv(features, kernel_size, kernel_init=xavier_uniform,
                     bias_init=torch_bias_init(fan_in), **conv_fields)
     return layer(x)

@@ -1,10 +1,16 @@
-"""Residual networks (He, Zhang, Ren & Sun 2015).
+"""Residual networks (He, Zhang, Ren & Sun 2015) and ResNeXt (Xie, Girshick, Dollar, Tu & He 2017).
 
 A residual block adds its input back onto the output of a few convolutions, so each
 block only has to learn a correction to the identity. `Residual` is d2l's basic block
 (two 3x3 convolutions) used by ResNet-18 and -34; `Bottleneck` is torchvision's
-1x1-3x3-1x1 block used by ResNet-50. When a block changes the shape, the shortcut
-goes through a 1x1 convolution with the block's stride.
+1x1-3x3-1x1 block used by ResNet-50 and, with a grouped 3x3 convolution, ResNeXt-50.
+When a block changes the shape, the shortcut goes through a 1x1 convolution with the
+block's stride. `ResNeXtBlock` is d2l's ResNeXt block (section 8.6.5), which RegNetX
+(regnet.py) stacks.
+
+The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis)
+and hands it to its blocks as the field `norm`; each block creates its BatchNorm layers
+with `self.norm()`.
 """
 from collections.abc import Sequence
 from functools import partial
@@ -13,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import flax_batch_norm
+from flaxcnn.models.batchnorm import ModuleDef
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
@@ -22,19 +28,16 @@ class Residual(nn.Module):
     """d2l's basic block: biased convolutions, no BatchNorm on the 1x1 shortcut."""
 
     num_channels: int
+    norm: ModuleDef
     use_1x1conv: bool = False
     strides: int = 1
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        norm = partial(flax_batch_norm, self, train)
+    def __call__(self, x):
         channels = self.num_channels
-        y = nn.relu(norm()(conv(x, channels, (3, 3), strides=self.strides, padding=1, dtype=self.dtype)))
-        y = norm()(conv(y, channels, (3, 3), padding=1, dtype=self.dtype))
+        y = nn.relu(self.norm()(conv(x, channels, (3, 3), strides=self.strides, padding=1, dtype=self.dtype)))
+        y = self.norm()(conv(y, channels, (3, 3), padding=1, dtype=self.dtype))
         if self.use_1x1conv:
             x = conv(x, channels, (1, 1), strides=self.strides, dtype=self.dtype)
         return nn.relu(y + x)
@@ -42,27 +45,62 @@ class Residual(nn.Module):
 
 class Bottleneck(nn.Module):
     """torchvision's bottleneck (v1.5, stride on the 3x3): outputs 4 * num_channels channels;
-    bias-free convolutions, each followed by BatchNorm, also on the projection shortcut."""
+    bias-free convolutions, each followed by BatchNorm, also on the projection shortcut.
+    The 1x1 and 3x3 convolutions are int(num_channels * base_width / 64) * cardinality wide,
+    the 3x3 split into `cardinality` groups (torchvision's `groups`, the NUMBER of groups):
+    cardinality 1, base_width 64 is ResNet-50's block, 32 and 4 ResNeXt-50 32x4d's."""
 
     num_channels: int
+    norm: ModuleDef
     strides: int = 1
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    bn_axis_name: str | None = None
+    cardinality: int = 1
+    base_width: int = 64
     dtype: Any = jnp.float32
 
     expansion = 4
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x):
         bias_free_conv = partial(conv, use_bias=False, dtype=self.dtype)
-        norm = partial(flax_batch_norm, self, train)
+        width = int(self.num_channels * self.base_width / 64) * self.cardinality
         out_channels = self.expansion * self.num_channels
-        y = nn.relu(norm()(bias_free_conv(x, self.num_channels, (1, 1))))
-        y = nn.relu(norm()(bias_free_conv(y, self.num_channels, (3, 3), strides=self.strides, padding=1)))
-        y = norm()(bias_free_conv(y, out_channels, (1, 1)))
+        y = nn.relu(self.norm()(bias_free_conv(x, width, (1, 1))))
+        y = bias_free_conv(y, width, (3, 3), strides=self.strides, padding=1, feature_group_count=self.cardinality)
+        y = nn.relu(self.norm()(y))
+        y = self.norm()(bias_free_conv(y, out_channels, (1, 1)))
         if self.strides != 1 or x.shape[-1] != out_channels:
-            x = norm()(bias_free_conv(x, out_channels, (1, 1), strides=self.strides))
+            x = self.norm()(bias_free_conv(x, out_channels, (1, 1), strides=self.strides))
+        return nn.relu(y + x)
+
+
+class ResNeXtBlock(nn.Module):
+    """d2l's ResNeXtBlock(num_channels, groups, bot_mul, use_1x1conv, strides): a 1x1
+    convolution to bot_channels = round(num_channels * bot_mul), a grouped 3x3 convolution
+    (stride `strides`), a 1x1 convolution to num_channels, BatchNorm after each; with
+    `use_1x1conv`, a strided 1x1 convolution and BatchNorm on the shortcut. As in d2l,
+    `groups` is the WIDTH of a group (channels per group), not the number of groups: the
+    3x3 convolution has bot_channels // groups groups. Convolutions have biases (d2l's
+    nn.LazyConv2d)."""
+
+    num_channels: int
+    groups: int
+    bot_mul: float
+    norm: ModuleDef
+    use_1x1conv: bool = False
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        bot_channels = int(round(self.num_channels * self.bot_mul))
+        conv_ = partial(conv, dtype=self.dtype)
+        y = nn.relu(self.norm()(conv_(x, bot_channels, (1, 1))))
+        y = conv_(y, bot_channels, (3, 3), strides=self.strides, padding=1,
+                  feature_group_count=bot_channels // self.groups)
+        y = nn.relu(self.norm()(y))
+        y = self.norm()(conv_(y, self.num_channels, (1, 1)))
+        if self.use_1x1conv:
+            x = self.norm()(conv_(x, self.num_channels, (1, 1), strides=self.strides))
         return nn.relu(y + x)
 
 
@@ -71,10 +109,14 @@ class ResNet(nn.Module):
     residual blocks, global average pooling and a dense layer. `arch` lists (number of
     blocks, channels) per stage; every stage after the first starts by halving height and
     width. `bottleneck=False` is d2l's ResNet with `Residual` blocks (biased stem
-    convolution); `bottleneck=True` is torchvision's with `Bottleneck` blocks (bias-free)."""
+    convolution); `bottleneck=True` is torchvision's with `Bottleneck` blocks (bias-free),
+    of `cardinality` groups of `base_width` channels (ResNeXt) if given. `bn_axis_name`: the
+    pmap axis to average the batch statistics over (None: each device's own batch)."""
 
     arch: Sequence[tuple[int, int]] = ((2, 64), (2, 128), (2, 256), (2, 512))
     bottleneck: bool = False
+    cardinality: int = 1
+    base_width: int = 64
     num_classes: int = 10
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
@@ -90,19 +132,18 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        block_fields = dict(
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-        )
+        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
         x = conv(x, 64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)
-        x = flax_batch_norm(self, train)(x)
+        x = norm()(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for stage, (num_blocks, channels) in enumerate(self.arch):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 if self.bottleneck:
-                    x = Bottleneck(channels, strides, **block_fields)(x, train)
+                    x = Bottleneck(channels, norm, strides, cardinality=self.cardinality,
+                                   base_width=self.base_width, dtype=self.dtype)(x)
                 else:
-                    x = Residual(channels, use_1x1conv=strides == 2, strides=strides, **block_fields)(x, train)
+                    x = Residual(channels, norm, use_1x1conv=strides == 2, strides=strides, dtype=self.dtype)(x)
         x = x.mean(axis=(1, 2))
         return dense(x, self.num_classes, dtype=self.dtype)
