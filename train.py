@@ -15,19 +15,23 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flaxcnn import trainer
+from flaxcnn import trainer, training
 from flaxcnn.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/nin.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything; default runs/<config>-<time>.")
+flags.DEFINE_string("compilation_cache", training.default_compilation_cache(),
+                    "JAX's persistent compilation cache, so that a rerun compiles nothing; "
+                    "'off' turns it off.")
 
 
 def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax and tfds log every step of a save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    training.use_compilation_cache(FLAGS.compilation_cache)
     try:
         config = FLAGS.config
         if config is None:

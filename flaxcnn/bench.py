@@ -25,15 +25,6 @@ import numpy as np
 
 from flaxcnn import models, pipelines, training
 
-# d2l's Fashion-MNIST experiments (configs/*.py): model -> (image size, model overrides).
-D2L_SETUPS = {
-    "alexnet": (224, {}),
-    "vgg11": (224, {"width_divisor": 4}),
-    "nin": (224, {}),
-    "googlenet": (96, {}),
-    "lenet_bn": (28, {}),
-    "resnet18": (96, {}),
-}
 FASHION_MNIST = {"train": 60_000, "test": 10_000, "shape": (28, 28, 1), "classes": 10}
 # Dense bf16 tensor-core peaks in TFLOP/s, by a substring of jax's device_kind.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "V100": 125.0,
@@ -87,9 +78,16 @@ def step_flops(state, cfg: training.StepConfig, channels: int) -> float:
     return float(cost["flops"]) * jax.device_count()
 
 
+def d2l_setup(name: str) -> tuple[int, dict]:
+    """(image size, model overrides) of d2l's experiment with `name` (the registry's; 224 and no
+    overrides for the variants d2l does not train)."""
+    spec = models.spec(name)
+    return spec.d2l_image_size or 224, spec.d2l_overrides
+
+
 def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool,
                 image_size: int | None, train_examples: int | None, device_loop: bool | None):
-    size, overrides = D2L_SETUPS.get(name, (224, {}))
+    size, overrides = d2l_setup(name)
     size = image_size or size
     devices = jax.local_device_count()
     if batch_size % devices:
@@ -188,7 +186,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flaxcnn.bench",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all",
-                        help=f"comma-separated names, or all ({', '.join(D2L_SETUPS)})")
+                        help=f"comma-separated names, or all ({', '.join(models.chapter_models())})")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch (d2l: 128)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--e2e", action="store_true", help="also time a full epoch end to end")
@@ -201,7 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="runs/bench.json",
                         help="where to write the results (default: runs/bench.json)")
     args = parser.parse_args(argv)
-    names = list(D2L_SETUPS) if args.models == "all" else args.models.split(",")
+    names = models.chapter_models() if args.models == "all" else args.models.split(",")
     unknown = [n for n in names if n not in models.names()]
     if unknown:
         parser.error(f"unknown model {', '.join(unknown)}; use any of: {', '.join(models.names())}")

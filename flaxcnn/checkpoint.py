@@ -53,9 +53,9 @@ class Checkpoints:
         return self._manager
 
     def exists(self) -> bool:
-        """Whether the folder holds anything that looks like a checkpoint (finished or not)."""
-        return self.directory.is_dir() and any(
-            p.name.split(".")[0].isdigit() for p in self.directory.iterdir())
+        """Whether the folder holds a finished checkpoint (a folder named by its step; an
+        interrupted save leaves a temporary folder instead, which does not count)."""
+        return self.directory.is_dir() and any(p.name.isdigit() for p in self.directory.iterdir())
 
     def unfinished(self) -> list[Path]:
         """Temporary folders of saves that never finished (the process died while writing)."""
@@ -81,10 +81,8 @@ class Checkpoints:
     def restore_latest(self, target) -> tuple[object, dict] | None:
         """The newest checkpoint that restores into the structure of `target`, as (state, meta).
 
-        Unfinished saves and damaged checkpoints are reported and skipped; None if no good one.
+        Damaged checkpoints are reported and set aside; None if no good one.
         """
-        for path in self.unfinished():
-            warn(f"skipping the unfinished checkpoint {path} (a save was interrupted)")
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -138,6 +136,8 @@ def restore_or_start(config, workdir: Path, fresh: Callable[[], dict]) -> Start:
     """
     require_writable(workdir)
     checkpoints = Checkpoints(workdir, max_to_keep=config.max_checkpoints)
+    for path in checkpoints.unfinished():
+        warn(f"skipping the unfinished checkpoint {path} (a save was interrupted)")
     resuming = checkpoints.exists()
     if resuming and not config.restore:
         raise UserError(f"{workdir} already holds checkpoints and --config.restore=false; "

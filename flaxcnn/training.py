@@ -11,6 +11,7 @@ one pmapped call, so the host touches the devices about once a second, never onc
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 import jax
@@ -316,3 +317,20 @@ def unreplicate(tree):
 def host_sums(sums) -> dict:
     """Replicated on-device sums -> plain Python numbers."""
     return {k: v.item() for k, v in unreplicate(sums).items()}
+
+
+def default_compilation_cache() -> str:
+    """$JAX_COMPILATION_CACHE_DIR, else flaxcnn/jax under the user's cache folder (XDG)."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_home, "flaxcnn", "jax")
+
+
+def use_compilation_cache(directory: str | None):
+    """JAX's persistent compilation cache in `directory`, for every compilation however quick, so
+    a rerun of the same experiment compiles nothing; None, '' or 'off' turns it off."""
+    if not directory or directory == "off":
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -6,15 +6,16 @@ import sys
 
 import pytest
 
-from flaxcnn import bench
-from tests.conftest import REPO
+from flaxcnn import bench, models
+from tests.conftest import CONFIG_NAMES, REPO
 
 
-def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys):
-    out = tmp_path / "bench.json"
+def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the JSON goes to runs/bench.json by default
+    out = tmp_path / "runs" / "bench.json"
     assert bench.main(["--models", "lenet_bn", "--steps", "3", "--image-size", "16",
                        "--batch-size", "8", "--train-examples", "96", "--e2e",
-                       "--device-loop", "on", "--json", str(out)]) == 0
+                       "--device-loop", "on"]) == 0
     report = json.loads(out.read_text())
     assert report["devices"] == 4 and report["platform"] == "cpu" and report["date"]
     (result,) = report["results"]
@@ -33,10 +34,11 @@ def test_bench_refuses_unknown_models(capsys):
     assert "unknown model lenet7" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["alexnet", "vgg", "nin", "googlenet", "batchnorm", "resnet"])
+@pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_bench_uses_the_configs_settings(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    size, overrides = bench.D2L_SETUPS[config.model]
+    assert config.model in models.chapter_models()  # so `--models all` benches it
+    size, overrides = bench.d2l_setup(config.model)
     assert (size, overrides) == (config.image_size, config.model_overrides.to_dict())
     assert config.batch_size == 128
 

@@ -49,6 +49,13 @@ def wait_for_epochs(workdir, count, process, timeout=240):
     raise TimeoutError(f"no epoch {count} in {workdir}")
 
 
+def wait_for_checkpoint(path, process, timeout=120):
+    deadline = time.time() + timeout
+    while not path.is_dir():
+        assert process.poll() is None and time.time() < deadline, f"no checkpoint {path}"
+        time.sleep(0.05)
+
+
 def metrics_without_timing(workdir):
     lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS} for line in lines]
@@ -57,7 +64,7 @@ def metrics_without_timing(workdir):
 def latest(workdir):
     """(state, meta) of the newest checkpoint, read back without a target structure."""
     manager = checkpoint.Checkpoints(workdir)
-    step = manager.latest_step()
+    step = manager.manager.latest_step()
     restored = manager.manager.restore(step)
     manager.close()
     return restored["state"], dict(restored["meta"])
@@ -129,7 +136,7 @@ def test_second_ctrl_c_exits_at_once_and_keeps_complete_checkpoints(tfds_dir, tm
                                                                    capsys):
     process = start(tmp_path, tfds_dir)
     wait_for_epochs(tmp_path, 1, process)
-    time.sleep(0.3)
+    wait_for_checkpoint(tmp_path / "checkpoints" / "62", process)  # epoch 1's, complete
     process.send_signal(signal.SIGINT)
     # A person presses Ctrl-C again after seeing the first one acknowledged (two signals that
     # arrive before Python runs its handler count as one).
@@ -230,3 +237,13 @@ def test_eval_only_evaluates_the_latest_checkpoint(sample_config, tmp_path, caps
 def test_eval_only_needs_checkpoints(sample_config, tmp_path):
     with pytest.raises(UserError, match="eval_only=true needs a workdir with checkpoints"):
         trainer.train_and_evaluate(sample_config(eval_only=True), tmp_path)
+
+
+def test_only_an_unfinished_save_starts_afresh_and_keeps_it(sample_config, tmp_path, capsys):
+    unfinished = tmp_path / "checkpoints" / "31.orbax-checkpoint-tmp-99"
+    unfinished.mkdir(parents=True)
+    train_to_end(sample_config(num_epochs=1), tmp_path)
+    captured = capsys.readouterr()
+    assert f"skipping the unfinished checkpoint {unfinished}" in captured.err
+    assert "resuming" not in captured.out
+    assert unfinished.is_dir() and (tmp_path / "checkpoints" / "31").is_dir()

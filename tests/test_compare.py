@@ -98,6 +98,13 @@ def test_main_writes_plot_and_table(tmp_path, capsys):
     assert [r["run"] for r in cells(markdown)] == ["a", "b"]
 
 
+def test_main_writes_under_runs_by_default(tmp_path, monkeypatch):
+    a = write_run(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    assert compare.main([str(a)]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["compare.md", "compare.png"]
+
+
 def test_errors_name_the_folder(tmp_path, capsys):
     (tmp_path / "not_a_run").mkdir()
     (tmp_path / "not_a_run" / "notes.txt").write_text("x")

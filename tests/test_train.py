@@ -1,5 +1,6 @@
 """train.py, the command line: one-line errors and non-zero exits (the run itself is tested through
 trainer.train_and_evaluate in test_trainer.py)."""
+import os
 import subprocess
 import sys
 
@@ -23,3 +24,19 @@ def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_a_rerun_compiles_nothing_with_the_compilation_cache(tfds_dir, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["--config", "configs/batchnorm.py", "--config.dataset=fashion_mnist_sample",
+            "--config.num_epochs=1", "--config.plots=false", f"--config.data_dir={tfds_dir}",
+            f"--compilation_cache={cache}"]
+    assert run_cli(*args, f"--workdir={tmp_path / 'first'}").returncode == 0
+    compiled = sorted(p.name for p in cache.iterdir())
+    assert len(compiled) >= 3  # at least the init, the train step and the evaluation
+    assert run_cli(*args, f"--workdir={tmp_path / 'second'}").returncode == 0
+    assert sorted(p.name for p in cache.iterdir()) == compiled  # every compilation was a hit
+    elsewhere = tmp_path / "env-cache"  # JAX's own variable, which 'off' overrides too
+    off = run_cli(*args[:-1], "--compilation_cache=off", f"--workdir={tmp_path / 'third'}",
+                  env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(elsewhere)))
+    assert off.returncode == 0 and not elsewhere.exists()
