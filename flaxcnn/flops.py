@@ -9,7 +9,8 @@ XLA's cost analysis is the counter, but where it runs matters:
 So every count here lowers the computation for the host CPU (which every jax install has, next to
 any accelerator) and reads the cost analysis of that unoptimised HLO: convolutions and matmuls
 included, the same number on a laptop, a GPU or a TPU host. Only shapes are used: nothing is
-compiled, nothing is copied to a device.
+copied to a device, and nothing is compiled except where jax has no cost analysis before
+compilation (pmap in jax 0.7).
 
 Imports neither TensorFlow nor ml_collections.
 """
@@ -47,20 +48,22 @@ def count(lower: Callable[[object | None], object]) -> float:
     """FLOPs of the computation that `lower(device)` lowers for `device` (a CPU device when
     there is one, else None for the default device).
 
-    On the CPU: XLA's cost analysis of the unoptimised HLO. Without a CPU backend (JAX_PLATFORMS
-    names only an accelerator), the default backend's analysis before, then after, compilation;
-    an error if neither is available.
+    On the CPU: XLA's cost analysis of the unoptimised HLO, or where jax has none for it (pmap in
+    jax 0.7), of the program compiled for the CPU (XLA:CPU keeps convolutions as HLO, so they are
+    counted). Without a CPU backend (JAX_PLATFORMS names only an accelerator), the default
+    backend's analysis of the unoptimised HLO, or an error: a count after compilation for an
+    accelerator would silently leave out its cuDNN/cuBLAS calls.
     """
     cpu = _cpu_device()
     if cpu is not None:
         with jax.default_device(cpu):
-            flops = _flops(lower(cpu))
+            lowered = lower(cpu)
+            flops = _flops(lowered)
+            if flops is None:
+                flops = _flops(lowered.compile())
         if flops is not None:
             return flops
-    lowered = lower(None)
-    flops = _flops(lowered)
-    if flops is None:
-        flops = _flops(lowered.compile())
+    flops = _flops(lower(None))
     if flops is None:
         raise RuntimeError("XLA reports no FLOP count for this computation on the "
                            f"{jax.default_backend()} backend; let jax use the CPU backend too "

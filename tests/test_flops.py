@@ -1,4 +1,6 @@
 """FLOP counts: the same number on every backend, convolutions included (flaxcnn.flops)."""
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -19,11 +21,24 @@ def cpu_lowered_forward_flops(model, shape):
 
 def behave_like_an_accelerator(monkeypatch):
     """Cost analysis as on GPU/TPU (PJRT C-API backends): None for computations on the default
-    device; only computations explicitly placed on the host CPU are analysed."""
+    device; only what runs inside `jax.default_device(<a CPU device>)` is analysed."""
+    explicit = []  # the devices of the jax.default_device contexts now open
+    real_default_device = jax.default_device
+
+    @contextlib.contextmanager
+    def default_device(device):
+        explicit.append(device)
+        try:
+            with real_default_device(device):
+                yield
+        finally:
+            explicit.pop()
+
+    monkeypatch.setattr(jax, "default_device", default_device)
     for stage in (jax.stages.Lowered, jax.stages.Compiled):
         def cost_analysis(self, real=stage.cost_analysis):
-            explicit_cpu = getattr(jax.config.jax_default_device, "platform", None) == "cpu"
-            return real(self) if explicit_cpu else None
+            on_cpu = bool(explicit) and getattr(explicit[-1], "platform", None) == "cpu"
+            return real(self) if on_cpu else None
         monkeypatch.setattr(stage, "cost_analysis", cost_analysis)
 
 
