@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import jax_utils
 from flax.training import train_state
 from jax import lax
 
@@ -306,7 +305,10 @@ def make_evaluate_batch(cfg: StepConfig, devices=None):
 def replicate(tree, devices=None):
     """A host pytree -> a copy on each local device, laid out exactly like pmap's outputs (so
     feeding it back to a pmapped function does not compile a second version)."""
-    return jax_utils.replicate(tree, devices, axis_name=AXIS)
+    devices = list(devices or jax.local_devices())
+    sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
+    return jax.tree.map(
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
 
 
 def unreplicate(tree):

@@ -50,6 +50,8 @@ def wait_for_epochs(workdir, count, process, timeout=240):
 
 
 def wait_for_checkpoint(path, process, timeout=120):
+    """Until checkpoint `path` is complete: Orbax writes it in the background, in a temporary
+    folder that it renames to the step once everything is written."""
     deadline = time.time() + timeout
     while not path.is_dir():
         assert process.poll() is None and time.time() < deadline, f"no checkpoint {path}"
@@ -101,7 +103,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, tfds_dir,
                                                         run_here, capsys):
     process = start(tmp_path, tfds_dir)
     wait_for_epochs(tmp_path, 1, process)
-    time.sleep(0.7)  # well into epoch 2
+    wait_for_checkpoint(tmp_path / "checkpoints" / "62", process)  # written while epoch 2 trains
+    time.sleep(0.3)  # into epoch 2
     process.kill()
     process.wait()
     assert len(metrics_without_timing(tmp_path)) == 1, "the kill came too late to be mid-epoch"
@@ -117,7 +120,8 @@ def test_sigterm_saves_mid_epoch_and_resumes_bit_identical(reference_run, tfds_d
                                                            run_here, capsys):
     process = start(tmp_path, tfds_dir)
     wait_for_epochs(tmp_path, 1, process)
-    time.sleep(0.7)
+    wait_for_checkpoint(tmp_path / "checkpoints" / "62", process)  # so epoch 2 has begun
+    time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     code, out, err = finish(process)
     assert code == 128 + signal.SIGTERM, err
