@@ -21,6 +21,17 @@ from flaxcnn.models.input_size import check_input_size, smallest_input
 ModuleDef = Any
 
 
+def network_norm(network: nn.Module, train: bool, layer: ModuleDef = nn.BatchNorm) -> ModuleDef:
+    """The BatchNorm a network builds once per call and hands its blocks as their field `norm`:
+    `partial(layer, use_running_average=not train, ...)` with the momentum, epsilon, dtype and
+    pmap axis read from the network's OWN fields `bn_momentum`, `bn_epsilon`, `dtype` and
+    `bn_axis_name`, which every network with BatchNorm declares (with its own defaults, e.g.
+    Inception-v3's epsilon 0.001). `layer`: flax.linen.BatchNorm, or the from-scratch
+    `BatchNorm` below, which takes the same arguments."""
+    return partial(layer, use_running_average=not train, momentum=network.bn_momentum,
+                   epsilon=network.bn_epsilon, dtype=network.dtype, axis_name=network.bn_axis_name)
+
+
 def batch_norm(x, gamma, beta, moving_mean, moving_var, *, eps, momentum, train, axis_name=None):
     """Returns (normalized x, new moving mean, new moving variance).
 
@@ -102,9 +113,7 @@ class LeNetBN(nn.Module):
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
 
-        norm = partial(BatchNorm if self.batch_norm_from_scratch else nn.BatchNorm,
-                       use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = network_norm(self, train, BatchNorm if self.batch_norm_from_scratch else nn.BatchNorm)
 
         def norm_sigmoid(x):
             return nn.sigmoid(norm()(x))

@@ -8,15 +8,15 @@ stride-2 average pooling) keep the width and the resolution in check. d2l's conv
 have biases (nn.LazyConv2d).
 """
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import ModuleDef
+from flaxcnn.models.batchnorm import ModuleDef, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.resnet import STEM_WINDOWS, stem
 
 
 class DenseBlock(nn.Module):
@@ -51,11 +51,11 @@ class TransitionBlock(nn.Module):
 
 
 class DenseNet(nn.Module):
-    """d2l's DenseNet: stem (7x7 stride-2 convolution to `num_channels`, BatchNorm, ReLU, 3x3
-    stride-2 max-pooling), dense blocks of `arch` convolution blocks each with a transition
-    block halving the channels between them, then BatchNorm, ReLU, global average pooling and
-    a dense layer. `bn_axis_name`: the pmap axis to average the batch statistics over (None:
-    each device's own batch)."""
+    """d2l's DenseNet: ResNet's stem (resnet.py's `stem`: 7x7 stride-2 convolution to
+    `num_channels`, BatchNorm, ReLU, 3x3 stride-2 max-pooling), dense blocks of `arch`
+    convolution blocks each with a transition block halving the channels between them, then
+    BatchNorm, ReLU, global average pooling and a dense layer. `bn_axis_name`: the pmap axis
+    to average the batch statistics over (None: each device's own batch)."""
 
     num_channels: int = 64
     growth_rate: int = 32
@@ -70,15 +70,13 @@ class DenseNet(nn.Module):
     def min_input_size(self) -> int:
         # the stem's 7x7 stride-2 convolution and 3x3 stride-2 max-pooling, then the
         # transition blocks' 2x2 stride-2 average poolings
-        return smallest_input([(7, 2, 3), (3, 2, 1)] + [(2, 2, 0)] * (len(self.arch) - 1))
+        return smallest_input(STEM_WINDOWS + [(2, 2, 0)] * (len(self.arch) - 1))
 
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
-        x = nn.relu(norm()(conv(x, self.num_channels, (7, 7), strides=2, padding=3, dtype=self.dtype)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        norm = network_norm(self, train)
+        x = stem(x, self.num_channels, norm, dtype=self.dtype)
         channels = self.num_channels
         for i, num_convs in enumerate(self.arch):
             x = DenseBlock(num_convs, self.growth_rate, norm, dtype=self.dtype)(x)

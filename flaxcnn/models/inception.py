@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import ModuleDef
+from flaxcnn.models.batchnorm import ModuleDef, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 
@@ -204,8 +204,7 @@ class InceptionV3(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = network_norm(self, train)
         c = partial(BasicConv2d, norm=norm, dtype=self.dtype)
         x = c(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = c(32, (3, 3), name="Conv2d_2a_3x3")(x)

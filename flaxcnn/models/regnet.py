@@ -10,12 +10,12 @@ grow from stage to stage; d2l's RegNetX-32 has two stages, (depth 4, 32 channels
 (depth 6, 80 channels), with group width 16.
 """
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from flaxcnn.models.batchnorm import network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 from flaxcnn.models.resnet import ResNeXtBlock
@@ -45,8 +45,7 @@ class AnyNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = network_norm(self, train)
         x = nn.relu(norm()(conv(x, self.stem_channels, (3, 3), strides=2, padding=1, dtype=self.dtype)))
         for depth, num_channels, groups, bot_mul in self.arch:
             for i in range(depth):

@@ -8,9 +8,9 @@ When a block changes the shape, the shortcut goes through a 1x1 convolution with
 block's stride. `ResNeXtBlock` is d2l's ResNeXt block (section 8.6.5), which RegNetX
 (regnet.py) stacks.
 
-The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis)
-and hands it to its blocks as the field `norm`; each block creates its BatchNorm layers
-with `self.norm()`.
+The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis;
+batchnorm.py's `network_norm`) and hands it to its blocks as the field `norm`; each block
+creates its BatchNorm layers with `self.norm()`.
 """
 from collections.abc import Sequence
 from functools import partial
@@ -19,9 +19,21 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import ModuleDef
+from flaxcnn.models.batchnorm import ModuleDef, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+
+# the stem's windows, (kernel, stride, padding): 7x7 stride-2 convolution, 3x3 stride-2 max-pooling
+STEM_WINDOWS = [(7, 2, 3), (3, 2, 1)]
+
+
+def stem(x, num_channels: int, norm: ModuleDef, *, use_bias: bool = True, dtype: Any = jnp.float32):
+    """d2l's b1 of ResNet, which its DenseNet reuses: 7x7 stride-2 convolution to `num_channels`,
+    BatchNorm, ReLU, 3x3 stride-2 max-pooling (`STEM_WINDOWS`). Called inside a network's
+    compact `__call__`, which names its layers as its own (Conv_0, BatchNorm_0)."""
+    x = conv(x, num_channels, (7, 7), strides=2, padding=3, use_bias=use_bias, dtype=dtype)
+    x = nn.relu(norm()(x))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class Residual(nn.Module):
@@ -127,16 +139,13 @@ class ResNet(nn.Module):
     def min_input_size(self) -> int:
         # the stem's 7x7 stride-2 convolution and 3x3 stride-2 max-pooling, then one
         # 3x3 stride-2 convolution per later stage (the 1x1 shortcuts shrink no more)
-        return smallest_input([(7, 2, 3), (3, 2, 1)] + [(3, 2, 1)] * (len(self.arch) - 1))
+        return smallest_input(STEM_WINDOWS + [(3, 2, 1)] * (len(self.arch) - 1))
 
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                       epsilon=self.bn_epsilon, dtype=self.dtype, axis_name=self.bn_axis_name)
-        x = conv(x, 64, (7, 7), strides=2, padding=3, use_bias=not self.bottleneck, dtype=self.dtype)
-        x = norm()(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        norm = network_norm(self, train)
+        x = stem(x, 64, norm, use_bias=not self.bottleneck, dtype=self.dtype)
         for stage, (num_blocks, channels) in enumerate(self.arch):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
