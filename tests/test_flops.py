@@ -43,13 +43,11 @@ def behave_like_an_accelerator(monkeypatch):
 
 
 def small_train_state(image_size=16):
-    model = models.create("lenet_bn", num_classes=10)
     tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
-    state = training.create_train_state(model, tx, jax.random.PRNGKey(0),
-                                        (image_size, image_size, 1))
+    state = training.create_train_state("lenet_bn", tx, input_shape=(image_size, image_size, 1))
     cfg = training.StepConfig(image_size=image_size, dtype=jnp.float32, batch_per_device=4,
                               eval_batch_per_device=4)
-    return state.replace(apply_fn=training.cross_replica(model).apply), cfg
+    return state, cfg
 
 
 def test_forward_flops_count_convolutions_and_match_xla_on_the_cpu():

@@ -39,7 +39,7 @@ def test_installed_package_imports_from_outside_the_checkout_with_its_sample(tmp
     assert sorted(p.name for p in (target / "flaxcnn" / "sample_data").iterdir()) == SAMPLE_FILES
     assert not (target / "tests").exists() and not (target / "configs").exists()
 
-    code = ("import flaxcnn, flaxcnn.models, flaxcnn.idx, flaxcnn.summary\n"
+    code = ("import flaxcnn, flaxcnn.models, flaxcnn.datasets.idx, flaxcnn.summary\n"
             "from pathlib import Path\n"
             "print(Path(flaxcnn.__file__).parent)\n"
             "print(','.join(flaxcnn.models.names()))\n")
