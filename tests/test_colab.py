@@ -4,6 +4,13 @@ The plans are computed from this checkout's real pyproject.toml and requirements
 also check that its floors admit what Colab preinstalls. The last test is opt-in (FLAXCNN_COLAB_VENV,
 a prepared Python 3.13 venv emulating Colab's GPU runtime, see its docstring): it runs the notebook's
 install cell with pip against the package index, then the whole notebook, in a copy of that venv.
+Preparing one (about 1 GB, a few minutes; numpy 2.1 is the oldest with Python 3.13 wheels):
+
+    python3.13 -m venv /work/venv-colab && /work/venv-colab/bin/python -m pip install \
+        --prefer-binary --only-binary=numpy,tensorflow,jaxlib "tensorflow==2.20.*" jax==0.7.2 \
+        jaxlib==0.7.2 flax==0.11.2 orbax-checkpoint==0.12.4 tensorflow-datasets==4.9.10 optax==0.2.5 \
+        "numpy<2.2" "matplotlib<3.11" "tqdm<4.68" "absl-py<2" ipykernel pillow
+    FLAXCNN_COLAB_VENV=/work/venv-colab python -m pytest -q -s tests/test_colab.py -k emulated
 """
 import json
 import os
@@ -241,13 +248,22 @@ VERSIONS = ("import importlib.metadata as m, json\n"
 @pytest.mark.skipif(not EMULATED, reason="opt-in: FLAXCNN_COLAB_VENV=<a venv emulating Colab's "
                     "GPU runtime: Python 3.13, tensorflow 2.20, jax/jaxlib 0.7.2, flax 0.11.2, "
                     "orbax-checkpoint 0.12.4, optax 0.2.5, tensorflow-datasets 4.9.10, ipykernel>")
-def test_emulated_colab_runtime_install_cell_then_notebook(tmp_path, monkeypatch):
-    """A hard-linked copy of the prepared venv (the original stays pristine for the next run); a
-    git repository of this working tree as REPO_URL; the notebook from an empty folder, as on Colab:
-    its first cell clones and installs (pip against the package index), the rest trains."""
+@pytest.mark.parametrize("without_tensorflow", [False, True],
+                         ids=["gpu-runtime", "tpu-runtime-without-tensorflow"])
+def test_emulated_colab_runtime_install_cell_then_notebook(tmp_path, monkeypatch, without_tensorflow):
+    """A hard-linked copy of the prepared venv (the original stays pristine for the next run), less
+    its TensorFlow for the TPU runtime's case; a git repository of this working tree as REPO_URL; the
+    notebook from an empty folder, as on Colab: its first cell clones and installs (pip against the
+    package index), the rest trains (on the CPU: the plan's accelerator parts are unit-tested)."""
     venv = tmp_path / "venv"
     subprocess.run(["cp", "-al", EMULATED, str(venv)], check=True)
     before = json.loads(venv_python(venv, VERSIONS))
+    if without_tensorflow:
+        present = [n for n in colab.TENSORFLOW_DISTS if n in before]
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y", *present],
+                       check=True)
+        before = json.loads(venv_python(venv, VERSIONS))
+        assert not [n for n in colab.TENSORFLOW_DISTS if n in before]
 
     source = tmp_path / "origin"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
@@ -285,12 +301,16 @@ def test_emulated_colab_runtime_install_cell_then_notebook(tmp_path, monkeypatch
 
     after = json.loads(venv_python(venv, VERSIONS))
     tf_dists = [n for n in colab.TENSORFLOW_DISTS if n in after]
-    assert tf_dists == [d for d in colab.TENSORFLOW_DISTS if d in before] and len(tf_dists) == 1
-    for name in ("jax", "jaxlib", "numpy", "flax", "optax", "orbax-checkpoint", *tf_dists):
+    if without_tensorflow:
+        assert tf_dists == ["tensorflow-cpu"]
+    else:
+        assert tf_dists == [d for d in colab.TENSORFLOW_DISTS if d in before] and len(tf_dists) == 1
+        assert after[tf_dists[0]] == before[tf_dists[0]]
+    for name in ("jax", "jaxlib", "numpy", "flax", "optax", "orbax-checkpoint"):
         assert after[name] == before[name], name
     assert venv_python(venv, "import tensorflow as tf, jax, jaxlib; "
                        "print(tf.__version__, jax.__version__, jaxlib.__version__)").split() == [
-        before[tf_dists[0]], before["jax"], before["jaxlib"]]
+        after[tf_dists[0]], before["jax"], before["jaxlib"]]
     assert "flaxcnn" in after and "clu" in after and "ml-collections" in after
     assert f"working in {content / 'flaxcnn'}" in text
     assert "epoch 10/10" in text and "after 10 epochs: test accuracy 0." in text
