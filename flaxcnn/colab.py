@@ -217,6 +217,8 @@ def install_plan(runtime: str, installed: Mapping[str, str], requirements: Itera
         elif above_range(version, requirement):
             notes.append(f"keeping the runtime's {name} {version}, newer than tested "
                          f"({requirement.specifier})")
+    if new_jax and tf_pins:  # the new jax's numpy and ml_dtypes must still suit the runtime's TF
+        commands[0] += [f"{n}=={v}" for n, v in tf_pins.items()]
     if wanted:
         pins = {**jax_pins, **tf_pins}
         if "numpy" in installed and "numpy" not in upgraded and not new_jax:
