@@ -23,6 +23,7 @@ def test_colab_quickstart_runs_top_to_bottom(tmp_path, tfds_dir, monkeypatch):
     text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
     assert f"working in {tmp_path}" in text
+    assert "$ pip" not in text  # inside a checkout the install cell installs nothing
     assert "config: configs/batchnorm.py --config.dataset=fashion_mnist_sample" in text
     assert "epoch 10/10" in text and "after 10 epochs: test accuracy 0." in text
     pictures = [Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"])))
