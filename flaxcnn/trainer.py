@@ -9,6 +9,8 @@ outputs (`flaxcnn.outputs`) and saves checkpoints; a signal stops it with a chec
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import signal
 import sys
@@ -56,23 +58,44 @@ def train_and_evaluate(config, workdir) -> dict:
 
 
 def check_config(config, device_count: int):
-    """Refuses unknown choices and impossible sizes with a one-line UserError."""
+    """Refuses unknown choices, impossible sizes and out-of-range numbers (NaN and infinity
+    included) with a one-line UserError, before any work starts."""
     if config.model not in models.names():
         raise UserError(f"unknown model {config.model!r}; use one of: {', '.join(models.names())}")
     for field, allowed in (("optimizer", training.OPTIMIZERS), ("lr_schedule", training.LR_SCHEDULES),
                            ("dtype", DTYPES), ("input_pipeline", PIPELINES)):
         if config[field] not in allowed:
             raise UserError(f"unknown {field} {config[field]!r}; use one of: {', '.join(allowed)}")
-    for field in ("batch_size", "image_size", "checkpoint_every_epochs", "max_checkpoints"):
-        if config[field] < 1:
-            raise UserError(f"--config.{field} must be at least 1, got {config[field]}")
-    if config.num_epochs < 0:
-        raise UserError(f"--config.num_epochs must be 0 or more, got {config.num_epochs}")
+    for field, integer, ok, what in NUMERIC_RANGES:
+        value = config[field]
+        if value is None and field == "reference_accuracy":
+            continue
+        number = (isinstance(value, numbers.Integral if integer else numbers.Real)
+                  and not isinstance(value, bool) and math.isfinite(value))
+        if not (number and ok(value)):
+            raise UserError(f"--config.{field} must be {what}, got {value!r}")
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % device_count:
             raise UserError(
                 f"--config.{field}={config[field]} is not divisible by the {device_count} devices; "
                 f"use a multiple of {device_count}")
+
+
+# (field, whole number?, the range, the rule in words): checked by check_config.
+NUMERIC_RANGES = (
+    ("batch_size", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("eval_batch_size", True, lambda v: v >= 0, "a whole number, 0 (= batch_size) or more"),
+    ("image_size", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("num_epochs", True, lambda v: v >= 0, "a whole number, 0 or more"),
+    ("checkpoint_every_epochs", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("seed", True, lambda v: v >= 0, "a whole number, 0 or more"),
+    ("learning_rate", False, lambda v: v > 0, "a finite number above 0, e.g. 0.1"),
+    ("momentum", False, lambda v: 0 <= v < 1, "a finite number in [0, 1), e.g. 0.9"),
+    ("weight_decay", False, lambda v: v >= 0, "a finite number, 0 or more, e.g. 5e-4"),
+    ("warmup_epochs", False, lambda v: v >= 0, "a finite number of epochs, 0 or more"),
+    ("reference_accuracy", False, lambda v: 0 <= v <= 1, "an accuracy in [0, 1], or unset"),
+)
 
 
 class Trainer:
