@@ -24,6 +24,7 @@ import numpy as np
 from flaxcnn import checkpoint, datasets, models, pipelines, training
 from flaxcnn.errors import UserError
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
+from flaxcnn.workdir_lock import WorkdirLock
 
 DTYPES = ("float32", "bfloat16")
 PIPELINES = ("auto", "device", "stream")
@@ -54,7 +55,7 @@ def train_and_evaluate(config, workdir) -> dict:
             outputs.start(trainer.epoch)
             return trainer.train(outputs, signals)
     finally:
-        trainer.checkpoints.close()
+        trainer.close()
 
 
 def check_config(config, device_count: int):
@@ -104,7 +105,17 @@ class Trainer:
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
         check_config(config, jax.device_count())
-        start = checkpoint.restore_or_start(config, workdir, self._fresh_tree)
+        self.lock = None
+        if jax.process_index() == 0:  # one lock per run: the other hosts share process 0's workdir
+            checkpoint.require_writable(workdir)
+            self.lock = WorkdirLock.acquire(workdir)
+        try:
+            self._start(checkpoint.restore_or_start(config, workdir, self._fresh_tree))
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, start: checkpoint.Start):
         self.checkpoints, self.saved_step = start.checkpoints, start.restored_step
         self.epoch, self.step_in_epoch = start.epoch, start.step_in_epoch
         tree = start.tree
@@ -163,6 +174,16 @@ class Trainer:
             self.dataset.load_arrays("train"), self.dataset.load_arrays("test"), cfg,
             steps_per_epoch=self.steps_per_epoch, num_test=info.num_test, data_key=self.data_key,
             dropout_key=self.dropout_key)
+
+    def close(self):
+        """Waits for the checkpoint being written and lets go of the workdir."""
+        try:
+            if getattr(self, "checkpoints", None) is not None:
+                self.checkpoints.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     @property
     def step(self) -> int:
