@@ -22,6 +22,7 @@ from typing import Callable
 
 import orbax.checkpoint as ocp
 
+from flaxcnn import tree_compare
 from flaxcnn.errors import UserError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -81,9 +82,23 @@ class Checkpoints:
     def restore_latest(self, target) -> tuple[object, dict] | None:
         """The newest checkpoint that restores into the structure of `target`, as (state, meta).
 
-        Damaged checkpoints are reported and set aside; None if no good one.
+        Damaged checkpoints are reported and set aside; None if no good one. A checkpoint that
+        reads but whose tree does not fit `target` (the code of the model changed) is refused with
+        a UserError naming the first differing path, and nothing is moved.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            try:  # the saved tree's paths and shapes, from its metadata: no array is read
+                saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+                saved = getattr(saved, "tree", saved)
+            except Exception as e:  # unreadable metadata: damaged like an unreadable array
+                self._set_aside(step, e)
+                continue
+            difference = tree_compare.first_difference(saved, target)
+            if difference is not None:
+                raise UserError(
+                    f"checkpoint {self.directory / str(step)} does not fit the model as the code "
+                    f"builds it now: {difference}; resume with the code that saved it, or use a "
+                    "new --workdir (the checkpoint is left as it is)")
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

@@ -63,3 +63,46 @@ def test_the_lock_is_held_for_the_whole_run_and_in_process_too(sample_config, tm
     held.release()
     train_to_end(sample_config(num_epochs=1), tmp_path)
     WorkdirLock.acquire(tmp_path).release()  # the finished run let go
+
+
+# --- resuming code that changed --------------------------------------------------------------
+
+
+def _snapshot(directory):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(directory).rglob("*")}
+
+
+@pytest.mark.parametrize("change,message", [
+    ("wider", "params/BatchNorm_2/bias has shape (120,) in the checkpoint, (128,) now"),
+    ("deeper", "params/Dense_2/bias has shape (10,) in the checkpoint, (84,) now"),
+    ("shallower", "the checkpoint's params/Dense_2/bias (shape (10,)) is not in the model any more"),
+])
+def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
+        change, message, sample_config, tmp_path, monkeypatch):
+    from flaxcnn.models import batchnorm
+
+    train_to_end(sample_config(num_epochs=1), tmp_path)
+    checkpoints = _snapshot(tmp_path / "checkpoints")
+    dense = batchnorm.dense  # the code changes; the config stays the same
+
+    def changed(x, features, **kwargs):
+        if change == "wider" and features == 120:
+            features = 128
+        if change == "deeper" and features == 84:
+            x = dense(x, 84, **kwargs)
+        if change == "shallower" and features == 10:
+            return x[:, :10]
+        return dense(x, features, **kwargs)
+
+    monkeypatch.setattr(batchnorm, "dense", changed)
+    with pytest.raises(UserError) as error:
+        trainer.train_and_evaluate(sample_config(num_epochs=2), tmp_path)
+    assert str(error.value) == (
+        f"checkpoint {tmp_path / 'checkpoints' / '31'} does not fit the model as the code builds "
+        f"it now: {message}; resume with the code that saved it, or use a new --workdir (the "
+        "checkpoint is left as it is)")
+    assert _snapshot(tmp_path / "checkpoints") == checkpoints
+    assert not (tmp_path / "checkpoints-damaged").exists()
+    monkeypatch.undo()  # the code that saved it resumes it
+    train_to_end(sample_config(num_epochs=2), tmp_path)
+    assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == [1, 2]
