@@ -54,8 +54,8 @@ def train_and_evaluate(config, workdir) -> dict:
                 Signals() as signals:
             outputs.start(trainer.epoch)
             return trainer.train(outputs, signals)
-    finally:
-        trainer.close()
+    finally:  # a failure while closing (a checkpoint write) is raised unless one already is
+        trainer.close(quiet=sys.exc_info()[0] is not None)
 
 
 def check_config(config, device_count: int):
@@ -112,7 +112,7 @@ class Trainer:
         try:
             self._start(checkpoint.restore_or_start(config, workdir, self._fresh_tree))
         except BaseException:
-            self.close()
+            self.close(quiet=True)
             raise
 
     def _start(self, start: checkpoint.Start):
@@ -175,11 +175,16 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, num_test=info.num_test, data_key=self.data_key,
             dropout_key=self.dropout_key)
 
-    def close(self):
-        """Waits for the checkpoint being written and lets go of the workdir."""
+    def close(self, quiet: bool = False):
+        """Waits for the checkpoint being written and lets go of the workdir. A failed write is
+        raised, or with `quiet` (another error is already on its way) printed as a warning."""
         try:
             if getattr(self, "checkpoints", None) is not None:
                 self.checkpoints.close()
+        except UserError as e:
+            if not quiet:
+                raise
+            checkpoint.warn(str(e))
         finally:
             if self.lock is not None:
                 self.lock.release()

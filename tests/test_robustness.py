@@ -2,6 +2,7 @@
 
 Subprocess helpers and the reference run come from test_checkpoint.py.
 """
+import errno
 import json
 import os
 import signal
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from flaxcnn import trainer
+from flaxcnn import checkpoint, trainer
 from flaxcnn.errors import UserError
 from flaxcnn.workdir_lock import LOCK_NAME, WorkdirLock
 from tests.conftest import REPO, train_to_end
-from tests.test_checkpoint import (RUN, assert_bit_identical, finish, latest,
-                                   metrics_without_timing, start, wait_for_epochs)
+from tests.test_checkpoint import (RUN, assert_bit_identical, finish, latest,  # noqa: F401
+                                   metrics_without_timing, reference_run, run_here, start,
+                                   wait_for_epochs)
 
 
 @pytest.fixture
@@ -106,3 +108,98 @@ def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
     monkeypatch.undo()  # the code that saved it resumes it
     train_to_end(sample_config(num_epochs=2), tmp_path)
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == [1, 2]
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MiB filesystem (tmpfs), to fill up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"a real full disk needs a tmpfs mount (root): {mounted.stderr.strip()}; "
+                    "test_a_failed_metrics_write_* covers the same code with a patched write")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk, leave: int):
+    """Writes a file that leaves `leave` bytes free on `disk`."""
+    stat = os.statvfs(disk)
+    (disk / "filler").write_bytes(bytes(max(stat.f_bavail * stat.f_frsize - leave, 0)))
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]  # a torn line fails here
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes(
+        small_disk, tfds_dir, reference_run, run_here):
+    workdir = small_disk / "run"
+    assert finish(start(workdir, tfds_dir, "--config.num_epochs=1"))[0] == 0
+    fill(small_disk, leave=120 << 10)  # room for the metrics and curves.png, not a checkpoint
+    code, out, err = finish(start(workdir, tfds_dir, "--config.num_epochs=2"))
+    checkpoints = workdir / "checkpoints"
+    assert code == 1 and "epoch 2/2" in out
+    assert err.strip().splitlines()[-1] == (
+        f"error: could not write a checkpoint into {checkpoints} (no space left on device); the "
+        f"newest complete checkpoint, {checkpoints / '62'}, is kept and resumes: free some space "
+        "(or fix the cause) and rerun the same command")
+    assert "Traceback" not in err  # Orbax's own error logs are folded into that line
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["62"]  # its unfinished save removed
+    assert [m["epoch"] for m in read_lines(workdir / "metrics.jsonl")] == [1, 2]  # no torn line
+
+    (small_disk / "filler").unlink()  # space freed: the same command resumes, exactly
+    run_here(workdir)
+    assert metrics_without_timing(workdir) == metrics_without_timing(reference_run)
+    assert_bit_identical(latest(workdir)[0], latest(reference_run)[0])
+
+
+def test_a_failed_metrics_write_leaves_no_torn_line(sample_config, tmp_path, monkeypatch):
+    train_to_end(sample_config(num_epochs=1), tmp_path)
+    metrics = tmp_path / "metrics.jsonl"
+    before = metrics.read_bytes()
+    write = os.write
+
+    def half_a_line_then_a_full_disk(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(metrics):
+            write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", half_a_line_then_a_full_disk)
+    with pytest.raises(UserError, match=rf"could not write {metrics} \(No space left on device\); "
+                                        "it keeps its complete lines"):
+        trainer.train_and_evaluate(sample_config(num_epochs=2), tmp_path)
+    monkeypatch.undo()
+    assert metrics.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["31"]
+    train_to_end(sample_config(num_epochs=2), tmp_path)
+    assert [m["epoch"] for m in read_lines(metrics)] == [1, 2]
+
+
+def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tmp_path,
+                                                                monkeypatch, capsys):
+    from clu import metric_writers
+
+    from flaxcnn import plots
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    for name in ("curves", "predictions", "confusion"):
+        monkeypatch.setattr(plots, name, full_disk)
+    monkeypatch.setattr(metric_writers.SummaryWriter, "write_scalars", full_disk)
+    train_to_end(sample_config(num_epochs=2), tmp_path)
+    err = capsys.readouterr().err
+    for what in ("draw " + str(tmp_path / "curves.png"), "draw " + str(tmp_path / "predictions.png"),
+                 "draw " + str(tmp_path / "confusion.png"),
+                 f"write the TensorBoard scalars into {tmp_path}"):
+        assert (f"warning: could not {what} (OSError: [Errno 28] No space left on device); "
+                "training goes on") in err
+    assert [m["epoch"] for m in read_lines(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert latest(tmp_path)[1]["epoch"] == 2
