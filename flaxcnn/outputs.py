@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from flaxcnn import plots, summary
 from flaxcnn.errors import UserError
+from flaxcnn.phases import phase
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
                        "examples_per_sec")
@@ -92,7 +93,7 @@ class Outputs:
         if self.config.plots:
             reference = (self.config.reference_accuracy
                          if self.config.dataset == "fashion_mnist" else None)
-            with best_effort("draw", self.workdir / "curves.png"):
+            with best_effort("draw", self.workdir / "curves.png"), phase("plot"):
                 plots.curves(self.records(), self.workdir / "curves.png",
                              reference_accuracy=reference,
                              title=f"{self.config.model} on {self.config.dataset}")
@@ -102,10 +103,12 @@ class Outputs:
         if not (self.is_writer and self.config.plots):
             return
         names = self.info.class_names
-        with best_effort("draw", self.workdir / "predictions.png"):
-            plots.predictions(images, labels, predictions, names, self.workdir / "predictions.png")
-        with best_effort("draw", self.workdir / "confusion.png"):
-            plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+        with phase("plot"):
+            with best_effort("draw", self.workdir / "predictions.png"):
+                plots.predictions(images, labels, predictions, names,
+                                  self.workdir / "predictions.png")
+            with best_effort("draw", self.workdir / "confusion.png"):
+                plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
 
     @staticmethod
     def append_line(path: Path, record: dict):

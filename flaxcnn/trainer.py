@@ -24,6 +24,7 @@ import numpy as np
 from flaxcnn import checkpoint, datasets, models, pipelines, training
 from flaxcnn.errors import UserError
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
+from flaxcnn.phases import phase
 from flaxcnn.workdir_lock import WorkdirLock
 
 DTYPES = ("float32", "bfloat16")
@@ -225,7 +226,7 @@ class Trainer:
                                  total=self.steps_per_epoch, start=start_step,
                                  desc=f"epoch {self.epoch + 1}/{config.num_epochs}",
                                  batch_size=config.batch_size)
-        with progress:
+        with progress, phase("train"):
             for state, totals, step in self.pipeline.train_chunks(
                     self.state, self.totals, epoch=self.epoch, start_step=start_step):
                 self.state, self.totals, self.step_in_epoch = state, totals, step
@@ -240,7 +241,8 @@ class Trainer:
                     raise _Stop()
         train_seconds = time.perf_counter() - t0
         train_loss, train_accuracy = mean_loss_and_accuracy(training.host_sums(self.totals))
-        test, predictions = self.evaluation_record()
+        with phase("eval"):
+            test, predictions = self.evaluation_record()
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.totals = training.replicate(training.zero_totals())
         record = {"epoch": self.epoch, "step": test["step"],
@@ -278,9 +280,10 @@ class Trainer:
         if step != self.saved_step:
             tree = checkpoint_tree(training.unreplicate(self.state), self.data_key,
                                    self.dropout_key, training.unreplicate(self.totals))
-            self.checkpoints.save(step, tree, {"epoch": self.epoch,
-                                               "step_in_epoch": self.step_in_epoch,
-                                               "devices": jax.device_count()})
+            with phase("checkpoint"):
+                self.checkpoints.save(step, tree, {"epoch": self.epoch,
+                                                   "step_in_epoch": self.step_in_epoch,
+                                                   "devices": jax.device_count()})
             self.saved_step = step
         return self.checkpoints.directory / str(step)
 

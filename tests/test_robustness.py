@@ -5,6 +5,7 @@ Subprocess helpers and the reference run come from test_checkpoint.py.
 import errno
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -203,3 +204,89 @@ def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tm
                 "training goes on") in err
     assert [m["epoch"] for m in read_lines(tmp_path / "metrics.jsonl")] == [1, 2]
     assert latest(tmp_path)[1]["epoch"] == 2
+
+
+# --- the kill soak ---------------------------------------------------------------------------
+
+PHASES = ("train", "eval", "plot", "checkpoint")
+# How long after a phase's marker the kill comes, at most (seconds; an epoch here trains ~2 s,
+# evaluates ~1 s, draws ~0.2 s). A checkpoint is killed just after its save began (its "end"
+# marker), while Orbax writes it in the background.
+KILL_DELAY = {"train": 1.2, "eval": 0.3, "plot": 0.05, "checkpoint": 0.01}
+
+
+def finished_steps(workdir):
+    directory = Path(workdir) / "checkpoints"
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() \
+        else set()
+
+
+def unfinished_saves(workdir):
+    directory = Path(workdir) / "checkpoints"
+    return {p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name} \
+        if directory.is_dir() else set()
+
+
+def kill_in_phase(workdir, tfds_dir, target, occurrence, delay):
+    """Starts the run, SIGKILLs it `delay` s after the `occurrence`-th marker of `target` and
+    returns the phases the process was in when it died (None if it finished first)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FLAXCNN_TEST_PHASES="1")
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/batchnorm.py", "--config.progress=false",
+         *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",
+         f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    trigger = f"flaxcnn-phase: {target} {'end' if target == 'checkpoint' else 'begin'}"
+    unfinished_before, markers, seen = unfinished_saves(workdir), [], 0
+    for line in process.stderr:
+        if line.startswith("flaxcnn-phase: "):
+            markers.append(line.split(": ", 1)[1].split())
+        if line.strip() == trigger:
+            seen += 1
+            if seen == occurrence:
+                time.sleep(delay)
+                process.kill()
+                break
+    else:
+        assert process.wait() == 0
+        return None
+    markers += [line.split(": ", 1)[1].split() for line in process.stderr.read().splitlines()
+                if line.startswith("flaxcnn-phase: ")]
+    process.wait()
+    hit = set()
+    if markers and markers[-1][1] == "begin":
+        hit.add(markers[-1][0])
+    if unfinished_saves(workdir) - unfinished_before:  # a save that never finished
+        hit.add("checkpoint")
+    return hit
+
+
+def test_kill_soak_resumes_bit_identical_after_sigkill_in_every_phase(
+        reference_run, tfds_dir, tmp_path, run_here):
+    seed = int(os.environ.get("FLAXCNN_SOAK_SEED", time.time_ns() % 100_000))
+    print(f"kill soak seed {seed} (replay with FLAXCNN_SOAK_SEED={seed})")
+    rng = random.Random(seed)
+    plan = [*rng.sample(PHASES, len(PHASES)), rng.choice(PHASES)]
+    hits, tries = set(), 0
+    while plan and tries < 10:
+        target = plan.pop(0)
+        remaining = RUN["num_epochs"] - (max(finished_steps(tmp_path), default=0) // 62)
+        if remaining == 0:
+            break
+        occurrence = rng.randint(1, min(remaining, 2))
+        delay = rng.uniform(0, KILL_DELAY[target])
+        before = finished_steps(tmp_path)
+        hit = kill_in_phase(tmp_path, tfds_dir, target, occurrence, delay)
+        tries += 1
+        print(f"kill {tries}: {target} #{occurrence} + {delay:.3f} s -> in {sorted(hit or [])}, "
+              f"checkpoints {sorted(finished_steps(tmp_path))}")
+        assert hit is not None, "the run finished before the kill"
+        assert before <= finished_steps(tmp_path), "a complete checkpoint was lost"
+        hits |= hit
+        if not plan:
+            plan = [p for p in PHASES if p not in hits]  # a kill that missed its phase: again
+
+    run_here(tmp_path)
+    assert hits == set(PHASES), f"phases never hit: {set(PHASES) - hits} (seed {seed})"
+    assert metrics_without_timing(tmp_path) == metrics_without_timing(reference_run)
+    assert_bit_identical(latest(tmp_path)[0], latest(reference_run)[0])
