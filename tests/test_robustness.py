@@ -1,12 +1,13 @@
 """Nothing lost, nothing confusing: two runs in one workdir, a full disk, changed code, a kill soak.
 
-Subprocess helpers and the reference run come from test_checkpoint.py.
+The runs here are LeNet-BN on the bundled sample at 28x28, batch 32: 31 steps an epoch, about a
+second each, so that a soak of several killed processes stays near a minute.
 """
 import errno
+import importlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -19,28 +20,56 @@ from flaxcnn import checkpoint, trainer
 from flaxcnn.errors import UserError
 from flaxcnn.workdir_lock import LOCK_NAME, WorkdirLock
 from tests.conftest import REPO, train_to_end
-from tests.test_checkpoint import (RUN, assert_bit_identical, finish, latest,  # noqa: F401
-                                   metrics_without_timing, reference_run, run_here, start,
-                                   wait_for_epochs)
+from tests.test_checkpoint import assert_bit_identical, finish, latest, metrics_without_timing
+
+RUN = {"dataset": "fashion_mnist_sample", "batch_size": 32, "num_epochs": 3}
+STEPS_PER_EPOCH = 31
+
+
+def launch(workdir, tfds_dir, *extra, phases=False):
+    """train.py on RUN (with --config.* overrides in `extra`) as a separate process."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"FLAXCNN_TEST_PHASES": "1"} if phases else {}))
+    return subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/batchnorm.py", "--config.progress=false",
+         *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",
+         f"--workdir={workdir}", *extra], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL if phases else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(workdir, count, process, timeout=240):
+    metrics = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        assert process.poll() is None and time.time() < deadline, f"no epoch {count} in {workdir}"
+        time.sleep(0.05)
 
 
 @pytest.fixture
 def sample_config(make_config):
     def make(**overrides):
-        return make_config("batchnorm", dataset="fashion_mnist_sample", batch_size=32,
-                           **overrides)
+        return make_config("batchnorm", **{**RUN, **overrides})
     return make
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tfds_dir):
+    """The uninterrupted run that interrupted ones must reproduce bit for bit."""
+    workdir = tmp_path_factory.mktemp("reference")
+    config = importlib.import_module("configs.batchnorm").get_config()
+    config.update(RUN, data_dir=tfds_dir, progress=False)
+    train_to_end(config, workdir)
+    return workdir
 
 
 # --- two runs, one workdir -------------------------------------------------------------------
 
 
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothing(
-        tfds_dir, tmp_path, make_config):
-    first = start(tmp_path, tfds_dir, "--config.num_epochs=20")
+        tfds_dir, tmp_path, sample_config):
+    first = launch(tmp_path, tfds_dir, "--config.num_epochs=50")
     wait_for_epochs(tmp_path, 1, first)
     t0 = time.monotonic()
-    second = start(tmp_path, tfds_dir)
+    second = launch(tmp_path, tfds_dir)
     code, out, err = finish(second)
     assert code == 1 and time.monotonic() - t0 < 60
     assert err.strip().splitlines() == [
@@ -52,7 +81,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothi
     first.wait()
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == first.pid
     epochs = latest(tmp_path)[1]["epoch"] + 1
-    train_to_end(make_config("batchnorm", **{**RUN, "num_epochs": epochs}), tmp_path)
+    train_to_end(sample_config(num_epochs=epochs), tmp_path)
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == list(range(1, epochs + 1))
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released at the end
 
@@ -139,23 +168,23 @@ def read_lines(path):
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes(
-        small_disk, tfds_dir, reference_run, run_here):
+        small_disk, tfds_dir, reference_run, sample_config):
     workdir = small_disk / "run"
-    assert finish(start(workdir, tfds_dir, "--config.num_epochs=1"))[0] == 0
-    fill(small_disk, leave=120 << 10)  # room for the metrics and curves.png, not a checkpoint
-    code, out, err = finish(start(workdir, tfds_dir, "--config.num_epochs=2"))
+    assert finish(launch(workdir, tfds_dir, "--config.num_epochs=1"))[0] == 0
+    fill(small_disk, leave=100 << 10)  # room for the metrics and curves.png, not a checkpoint
+    code, out, err = finish(launch(workdir, tfds_dir, "--config.num_epochs=2"))
     checkpoints = workdir / "checkpoints"
     assert code == 1 and "epoch 2/2" in out
     assert err.strip().splitlines()[-1] == (
         f"error: could not write a checkpoint into {checkpoints} (no space left on device); the "
-        f"newest complete checkpoint, {checkpoints / '62'}, is kept and resumes: free some space "
+        f"newest complete checkpoint, {checkpoints / '31'}, is kept and resumes: free some space "
         "(or fix the cause) and rerun the same command")
     assert "Traceback" not in err  # Orbax's own error logs are folded into that line
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["62"]  # its unfinished save removed
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["31"]  # its unfinished save removed
     assert [m["epoch"] for m in read_lines(workdir / "metrics.jsonl")] == [1, 2]  # no torn line
 
     (small_disk / "filler").unlink()  # space freed: the same command resumes, exactly
-    run_here(workdir)
+    train_to_end(sample_config(), workdir)
     assert metrics_without_timing(workdir) == metrics_without_timing(reference_run)
     assert_bit_identical(latest(workdir)[0], latest(reference_run)[0])
 
@@ -209,10 +238,10 @@ def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tm
 # --- the kill soak ---------------------------------------------------------------------------
 
 PHASES = ("train", "eval", "plot", "checkpoint")
-# How long after a phase's marker the kill comes, at most (seconds; an epoch here trains ~2 s,
-# evaluates ~1 s, draws ~0.2 s). A checkpoint is killed just after its save began (its "end"
+# How long after a phase's marker the kill comes, at most (seconds; an epoch here trains ~1 s,
+# evaluates ~0.3 s, draws ~0.2 s). A checkpoint is killed just after its save began (its "end"
 # marker), while Orbax writes it in the background.
-KILL_DELAY = {"train": 1.2, "eval": 0.3, "plot": 0.05, "checkpoint": 0.01}
+KILL_DELAY = {"train": 0.6, "eval": 0.1, "plot": 0.05, "checkpoint": 0.01}
 
 
 def finished_steps(workdir):
@@ -230,12 +259,7 @@ def unfinished_saves(workdir):
 def kill_in_phase(workdir, tfds_dir, target, occurrence, delay):
     """Starts the run, SIGKILLs it `delay` s after the `occurrence`-th marker of `target` and
     returns the phases the process was in when it died (None if it finished first)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", FLAXCNN_TEST_PHASES="1")
-    process = subprocess.Popen(
-        [sys.executable, "train.py", "--config", "configs/batchnorm.py", "--config.progress=false",
-         *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",
-         f"--workdir={workdir}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
+    process = launch(workdir, tfds_dir, phases=True)
     trigger = f"flaxcnn-phase: {target} {'end' if target == 'checkpoint' else 'begin'}"
     unfinished_before, markers, seen = unfinished_saves(workdir), [], 0
     for line in process.stderr:
@@ -262,15 +286,15 @@ def kill_in_phase(workdir, tfds_dir, target, occurrence, delay):
 
 
 def test_kill_soak_resumes_bit_identical_after_sigkill_in_every_phase(
-        reference_run, tfds_dir, tmp_path, run_here):
+        reference_run, tfds_dir, tmp_path, sample_config):
     seed = int(os.environ.get("FLAXCNN_SOAK_SEED", time.time_ns() % 100_000))
     print(f"kill soak seed {seed} (replay with FLAXCNN_SOAK_SEED={seed})")
     rng = random.Random(seed)
-    plan = [*rng.sample(PHASES, len(PHASES)), rng.choice(PHASES)]
+    plan = rng.sample(PHASES, len(PHASES))
     hits, tries = set(), 0
     while plan and tries < 10:
         target = plan.pop(0)
-        remaining = RUN["num_epochs"] - (max(finished_steps(tmp_path), default=0) // 62)
+        remaining = RUN["num_epochs"] - max(finished_steps(tmp_path), default=0) // STEPS_PER_EPOCH
         if remaining == 0:
             break
         occurrence = rng.randint(1, min(remaining, 2))
@@ -286,7 +310,7 @@ def test_kill_soak_resumes_bit_identical_after_sigkill_in_every_phase(
         if not plan:
             plan = [p for p in PHASES if p not in hits]  # a kill that missed its phase: again
 
-    run_here(tmp_path)
+    train_to_end(sample_config(), tmp_path)
     assert hits == set(PHASES), f"phases never hit: {set(PHASES) - hits} (seed {seed})"
     assert metrics_without_timing(tmp_path) == metrics_without_timing(reference_run)
     assert_bit_identical(latest(tmp_path)[0], latest(reference_run)[0])
