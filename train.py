@@ -90,7 +90,8 @@ def check_config_file(argv):
         close = difflib.get_close_matches(path, [str(Path(p).relative_to(Path(__file__).parent))
                                                  for p in known], n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        sys.exit(f"error: config file {path} does not exist; {hint}the configs are in configs/ "
+        problem = "is not a file" if Path(path).exists() else "does not exist"
+        sys.exit(f"error: config file {path} {problem}; {hint}the configs are in configs/ "
                  "(e.g. --config configs/nin.py)")
     try:
         spec = importlib.util.spec_from_file_location("flaxcnn_config_check", path)
