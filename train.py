@@ -8,10 +8,14 @@ Run it again with the same --workdir to resume. What it writes is listed in the 
 """
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -51,14 +55,65 @@ def main(argv) -> int:
 
 def parse_flags(argv):
     """absl flag parsing, with config mistakes as one-line errors instead of tracebacks."""
+    check_config_file(argv)
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {str(e).strip().splitlines()[0]}")
     except (AttributeError, KeyError) as e:
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         sys.exit(f"error: unknown config field {e} (in {', '.join(bad)}); the fields are in "
                  "configs/default.py")
+
+
+def config_file_argument(argv) -> str | None:
+    """The value of --config (--config=PATH or --config PATH) in `argv`, the last one if repeated."""
+    path = None
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith(("--config=", "-config=")):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+def check_config_file(argv):
+    """Exits with one line if the --config file is missing or does not load: ml_collections would
+    defer the first as an error on first use and show the others as tracebacks of its own."""
+    argument = config_file_argument(argv)
+    if argument is None:
+        return
+    path, _, arg = argument.partition(":")
+    if not Path(path).is_file():
+        known = sorted(str(p) for p in Path(__file__).parent.glob("configs/*.py")
+                       if p.stem != "__init__")
+        close = difflib.get_close_matches(path, [str(Path(p).relative_to(Path(__file__).parent))
+                                                 for p in known], n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problem = "is not a file" if Path(path).exists() else "does not exist"
+        sys.exit(f"error: config file {path} {problem}; {hint}the configs are in configs/ "
+                 "(e.g. --config configs/nin.py)")
+    try:
+        spec = importlib.util.spec_from_file_location("flaxcnn_config_check", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(*([arg] if arg else []))
+    except Exception as e:  # pylint: disable=broad-except  # anything in the user's file
+        where = ""
+        if isinstance(e, SyntaxError) and e.lineno:
+            where = f" at line {e.lineno}"
+        else:
+            frames = [f for f in traceback.extract_tb(e.__traceback__)
+                      if Path(f.filename).resolve() == Path(path).resolve()]
+            if frames:
+                where = f" at line {frames[-1].lineno}"
+        text = (e.msg if isinstance(e, SyntaxError) else str(e)).strip().splitlines()
+        reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+        sys.exit(f"error: config file {path} does not load ({reason}{where}); fix it, or start "
+                 "from configs/default.py")
+    if not isinstance(config, ml_collections.ConfigDict):
+        sys.exit(f"error: get_config() in {path} returned {type(config).__name__}, not a "
+                 "ConfigDict; return the config (see configs/default.py)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ tried. Orbax itself only deletes the oldest checkpoint after a newer one is comp
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import shutil
 import sys
@@ -22,6 +24,7 @@ from typing import Callable
 
 import orbax.checkpoint as ocp
 
+from flaxcnn import tree_compare
 from flaxcnn.errors import UserError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -34,6 +37,41 @@ def warn(message: str):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk); the previous one is untouched."""
+
+
+class _OrbaxErrorLogs(logging.Filter):
+    """Drops Orbax's own ERROR logs (each with a traceback): every failure they describe reaches
+    `Checkpoints` as an exception and is reported there in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR
+                    and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+def _fold_orbax_error_logs():
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxErrorLogs) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxErrorLogs())
+    if not getattr(sys.unraisablehook, "folds_closed_loop_callbacks", False):
+        sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _without_closed_loop_callbacks(previous):
+    """After a failed write Orbax closes its event loop while TensorStore still completes the other
+    writes of that save; their callbacks then fail with "Event loop is closed", one traceback each.
+    That is the failure already reported; other unraisable exceptions go to `previous`."""
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.folds_closed_loop_callbacks = True
+    return hook
+
+
 class Checkpoints:
     """The `<workdir>/checkpoints` folder of one run."""
 
@@ -42,10 +80,12 @@ class Checkpoints:
         self.damaged_directory = Path(workdir).absolute() / "checkpoints-damaged"
         self._manager = None
         self._max_to_keep = max_to_keep
+        self._started: set[int] = set()  # steps this process began to save
 
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
+            _fold_orbax_error_logs()
             self._manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
@@ -64,26 +104,75 @@ class Checkpoints:
         return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
     def save(self, step: int, state, meta: dict):
-        """Starts writing in the background; returns at once."""
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)))
+        """Starts writing in the background; returns at once. A failed write (a full disk) is
+        raised as a CheckpointWriteError here or by the next save, wait or close."""
+        self._started.add(step)
+        try:
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)))
+        except Exception as e:  # pylint: disable=broad-except  # Orbax raises what it met
+            raise self._write_error(e) from None
 
     def wait(self):
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            try:
+                self._manager.wait_until_finished()
+            except Exception as e:  # pylint: disable=broad-except
+                raise self._write_error(e) from None
 
     def close(self):
         if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
-            self._manager = None
+            manager, self._manager, error = self._manager, None, None
+            try:
+                manager.wait_until_finished()
+            except Exception as e:  # pylint: disable=broad-except
+                error = self._write_error(e)
+            try:
+                manager.close()
+            except Exception as e:  # pylint: disable=broad-except
+                error = error or self._write_error(e)
+            if error is not None:
+                raise error
+
+    def _write_error(self, error: Exception) -> "CheckpointWriteError":
+        """The one-line error for a save that failed; this run's unfinished saves are removed
+        (they are this run's own and incomplete: no one can resume from them)."""
+        text = str(error)
+        if "No space left on device" in text or getattr(error, "errno", None) == errno.ENOSPC:
+            reason = "no space left on device"
+        else:
+            reason = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+        for path in self.unfinished():
+            if path.name.split(".")[0] in {str(step) for step in self._started}:
+                shutil.rmtree(path, ignore_errors=True)
+        finished = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) \
+            if self.directory.is_dir() else []
+        kept = (f"the newest complete checkpoint, {self.directory / str(finished[-1])}, is kept and "
+                "resumes" if finished else "there is no complete checkpoint yet")
+        return CheckpointWriteError(f"could not write a checkpoint into {self.directory} "
+                                    f"({reason}); {kept}: free some space (or fix the cause) and "
+                                    "rerun the same command")
 
     def restore_latest(self, target) -> tuple[object, dict] | None:
         """The newest checkpoint that restores into the structure of `target`, as (state, meta).
 
-        Damaged checkpoints are reported and set aside; None if no good one.
+        Damaged checkpoints are reported and set aside; None if no good one. A checkpoint that
+        reads but whose tree does not fit `target` (the code of the model changed) is refused with
+        a UserError naming the first differing path, and nothing is moved.
         """
         for step in sorted(self.manager.all_steps(), reverse=True):
+            try:  # the saved tree's paths and shapes, from its metadata: no array is read
+                saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+                saved = getattr(saved, "tree", saved)
+            except Exception as e:  # unreadable metadata: damaged like an unreadable array
+                self._set_aside(step, e)
+                continue
+            difference = tree_compare.first_difference(saved, target)
+            if difference is not None:
+                raise UserError(
+                    f"checkpoint {self.directory / str(step)} does not fit the model as the code "
+                    f"builds it now: {difference}; resume with the code that saved it, or use a "
+                    "new --workdir (the checkpoint is left as it is)")
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))

@@ -4,7 +4,10 @@ Only process 0 writes files; every process prints its epoch line.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import jax
 from tqdm import tqdm
 
 from flaxcnn import plots, summary
+from flaxcnn.errors import UserError
+from flaxcnn.phases import phase
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
                        "examples_per_sec")
@@ -44,17 +49,18 @@ class Outputs:
 
     def __exit__(self, *exc):
         if self.writer is not None:
-            self.writer.close()
+            with best_effort("close the TensorBoard file in", self.workdir):
+                self.writer.close()
 
     def start(self, epoch: int):
         """config.json and run_info.json; metrics.jsonl cut back to the restored `epoch`."""
         if not self.is_writer:
             return
         config, info = self.config, self.info
-        (self.workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+        write_atomically(self.workdir / "config.json", config.to_json(indent=2) + "\n")
         stats = summary.model_stats(config.model, config.image_size, info.channels,
                                     info.num_classes, **config.model_overrides.to_dict())
-        (self.workdir / "run_info.json").write_text(json.dumps({
+        write_atomically(self.workdir / "run_info.json", json.dumps({
             "model": config.model, "params": stats["params"],
             "batch_stats": stats["batch_stats"], "flops_per_image": stats["flops_per_image"],
             "image_size": config.image_size, "channels": info.channels,
@@ -63,7 +69,7 @@ class Outputs:
         }, indent=2) + "\n")
         # Epochs after the restored checkpoint are trained again: drop their stale lines.
         kept = [record for record in self.records() if record["epoch"] <= epoch]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def records(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -80,26 +86,72 @@ class Outputs:
             return
         self.append_line(self.metrics_path, record)
         if self.writer is not None:
-            self.writer.write_scalars(record["epoch"], {k: record[k] for k in TENSORBOARD_SCALARS})
-            self.writer.flush()
+            with best_effort("write the TensorBoard scalars into", self.workdir):
+                self.writer.write_scalars(record["epoch"],
+                                          {k: record[k] for k in TENSORBOARD_SCALARS})
+                self.writer.flush()
         if self.config.plots:
             reference = (self.config.reference_accuracy
                          if self.config.dataset == "fashion_mnist" else None)
-            plots.curves(self.records(), self.workdir / "curves.png", reference_accuracy=reference,
-                         title=f"{self.config.model} on {self.config.dataset}")
+            with best_effort("draw", self.workdir / "curves.png"), phase("plot"):
+                plots.curves(self.records(), self.workdir / "curves.png",
+                             reference_accuracy=reference,
+                             title=f"{self.config.model} on {self.config.dataset}")
 
     def finish(self, images, labels, predictions):
         """predictions.png and confusion.png from the final model's test predictions."""
         if not (self.is_writer and self.config.plots):
             return
         names = self.info.class_names
-        plots.predictions(images, labels, predictions, names, self.workdir / "predictions.png")
-        plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+        with phase("plot"):
+            with best_effort("draw", self.workdir / "predictions.png"):
+                plots.predictions(images, labels, predictions, names,
+                                  self.workdir / "predictions.png")
+            with best_effort("draw", self.workdir / "confusion.png"):
+                plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
 
     @staticmethod
     def append_line(path: Path, record: dict):
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Appends one JSON line, whole or not at all: a failed write (a full disk) is cut back
+        to where the file ended and raised as a UserError."""
+        data = (json.dumps(record) + "\n").encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            except OSError as e:
+                os.ftruncate(fd, size)  # no torn line; shrinking a file needs no space
+                raise UserError(f"could not write {path} ({e.strerror or e}); it keeps its "
+                                "complete lines and the newest checkpoint is kept: free some "
+                                "space (or fix the cause) and rerun the same command") from None
+        finally:
+            os.close(fd)
+
+
+def write_atomically(path: Path, text: str):
+    """Replaces `path` with `text` through a temporary file: on failure the old file stays whole."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({e.strerror or e}); free some space (or fix the "
+                        "cause) and rerun the same command") from None
+
+
+@contextlib.contextmanager
+def best_effort(what: str, path):
+    """Pictures and TensorBoard scalars are extras: failing to write them warns, training goes on."""
+    try:
+        yield
+    except Exception as e:  # pylint: disable=broad-except  # a full disk, a plotting bug
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"warning: could not {what} {path} ({type(e).__name__}: {text}); training goes on",
+              file=sys.stderr, flush=True)
 
 
 class EpochProgress:

@@ -9,6 +9,8 @@ outputs (`flaxcnn.outputs`) and saves checkpoints; a signal stops it with a chec
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import signal
 import sys
@@ -22,6 +24,8 @@ import numpy as np
 from flaxcnn import checkpoint, datasets, models, pipelines, training
 from flaxcnn.errors import UserError
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
+from flaxcnn.phases import phase
+from flaxcnn.workdir_lock import WorkdirLock
 
 DTYPES = ("float32", "bfloat16")
 PIPELINES = ("auto", "device", "stream")
@@ -51,28 +55,49 @@ def train_and_evaluate(config, workdir) -> dict:
                 Signals() as signals:
             outputs.start(trainer.epoch)
             return trainer.train(outputs, signals)
-    finally:
-        trainer.checkpoints.close()
+    finally:  # a failure while closing (a checkpoint write) is raised unless one already is
+        trainer.close(quiet=sys.exc_info()[0] is not None)
 
 
 def check_config(config, device_count: int):
-    """Refuses unknown choices and impossible sizes with a one-line UserError."""
+    """Refuses unknown choices, impossible sizes and out-of-range numbers (NaN and infinity
+    included) with a one-line UserError, before any work starts."""
     if config.model not in models.names():
         raise UserError(f"unknown model {config.model!r}; use one of: {', '.join(models.names())}")
     for field, allowed in (("optimizer", training.OPTIMIZERS), ("lr_schedule", training.LR_SCHEDULES),
                            ("dtype", DTYPES), ("input_pipeline", PIPELINES)):
         if config[field] not in allowed:
             raise UserError(f"unknown {field} {config[field]!r}; use one of: {', '.join(allowed)}")
-    for field in ("batch_size", "image_size", "checkpoint_every_epochs", "max_checkpoints"):
-        if config[field] < 1:
-            raise UserError(f"--config.{field} must be at least 1, got {config[field]}")
-    if config.num_epochs < 0:
-        raise UserError(f"--config.num_epochs must be 0 or more, got {config.num_epochs}")
+    for field, integer, ok, what in NUMERIC_RANGES:
+        value = config[field]
+        if value is None and field == "reference_accuracy":
+            continue
+        number = (isinstance(value, numbers.Integral if integer else numbers.Real)
+                  and not isinstance(value, bool) and math.isfinite(value))
+        if not (number and ok(value)):
+            raise UserError(f"--config.{field} must be {what}, got {value!r}")
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % device_count:
             raise UserError(
                 f"--config.{field}={config[field]} is not divisible by the {device_count} devices; "
                 f"use a multiple of {device_count}")
+
+
+# (field, whole number?, the range, the rule in words): checked by check_config.
+NUMERIC_RANGES = (
+    ("batch_size", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("eval_batch_size", True, lambda v: v >= 0, "a whole number, 0 (= batch_size) or more"),
+    ("image_size", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("num_epochs", True, lambda v: v >= 0, "a whole number, 0 or more"),
+    ("checkpoint_every_epochs", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("seed", True, lambda v: v >= 0, "a whole number, 0 or more"),
+    ("learning_rate", False, lambda v: v > 0, "a finite number above 0, e.g. 0.1"),
+    ("momentum", False, lambda v: 0 <= v < 1, "a finite number in [0, 1), e.g. 0.9"),
+    ("weight_decay", False, lambda v: v >= 0, "a finite number, 0 or more, e.g. 5e-4"),
+    ("warmup_epochs", False, lambda v: v >= 0, "a finite number of epochs, 0 or more"),
+    ("reference_accuracy", False, lambda v: 0 <= v <= 1, "an accuracy in [0, 1], or unset"),
+)
 
 
 class Trainer:
@@ -81,7 +106,17 @@ class Trainer:
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
         check_config(config, jax.device_count())
-        start = checkpoint.restore_or_start(config, workdir, self._fresh_tree)
+        self.lock = None
+        if jax.process_index() == 0:  # one lock per run: the other hosts share process 0's workdir
+            checkpoint.require_writable(workdir)
+            self.lock = WorkdirLock.acquire(workdir)
+        try:
+            self._start(checkpoint.restore_or_start(config, workdir, self._fresh_tree))
+        except BaseException:
+            self.close(quiet=True)
+            raise
+
+    def _start(self, start: checkpoint.Start):
         self.checkpoints, self.saved_step = start.checkpoints, start.restored_step
         self.epoch, self.step_in_epoch = start.epoch, start.step_in_epoch
         tree = start.tree
@@ -141,6 +176,21 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, num_test=info.num_test, data_key=self.data_key,
             dropout_key=self.dropout_key)
 
+    def close(self, quiet: bool = False):
+        """Waits for the checkpoint being written and lets go of the workdir. A failed write is
+        raised, or with `quiet` (another error is already on its way) printed as a warning."""
+        try:
+            if getattr(self, "checkpoints", None) is not None:
+                self.checkpoints.close()
+        except UserError as e:
+            if not quiet:
+                raise
+            checkpoint.warn(str(e))
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
     @property
     def step(self) -> int:
         return int(training.unreplicate(self.state.step))
@@ -176,7 +226,7 @@ class Trainer:
                                  total=self.steps_per_epoch, start=start_step,
                                  desc=f"epoch {self.epoch + 1}/{config.num_epochs}",
                                  batch_size=config.batch_size)
-        with progress:
+        with progress, phase("train"):
             for state, totals, step in self.pipeline.train_chunks(
                     self.state, self.totals, epoch=self.epoch, start_step=start_step):
                 self.state, self.totals, self.step_in_epoch = state, totals, step
@@ -191,7 +241,8 @@ class Trainer:
                     raise _Stop()
         train_seconds = time.perf_counter() - t0
         train_loss, train_accuracy = mean_loss_and_accuracy(training.host_sums(self.totals))
-        test, predictions = self.evaluation_record()
+        with phase("eval"):
+            test, predictions = self.evaluation_record()
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.totals = training.replicate(training.zero_totals())
         record = {"epoch": self.epoch, "step": test["step"],
@@ -229,9 +280,10 @@ class Trainer:
         if step != self.saved_step:
             tree = checkpoint_tree(training.unreplicate(self.state), self.data_key,
                                    self.dropout_key, training.unreplicate(self.totals))
-            self.checkpoints.save(step, tree, {"epoch": self.epoch,
-                                               "step_in_epoch": self.step_in_epoch,
-                                               "devices": jax.device_count()})
+            with phase("checkpoint"):
+                self.checkpoints.save(step, tree, {"epoch": self.epoch,
+                                                   "step_in_epoch": self.step_in_epoch,
+                                                   "devices": jax.device_count()})
             self.saved_step = step
         return self.checkpoints.directory / str(step)
 

@@ -4,6 +4,8 @@ import gzip
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ import tensorflow_datasets as tfds
 from flaxcnn import datasets
 from flaxcnn.datasets import idx as idx_lib
 from flaxcnn.datasets import resolution
+from tests.conftest import REPO
 
 SAMPLE = datasets.SAMPLE_NAME
 TRAIN_COUNTS = [107, 105, 88, 92, 95, 100, 100, 115, 102, 99]
@@ -279,3 +282,88 @@ def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
     assert [len(s) for s in shards] == [4, 4, 4]
     labels = np.concatenate([b["label"][b["mask"]] for s in shards for b in s])
     np.testing.assert_array_equal(labels, sample_test[1])
+
+
+# --- damaged inputs: one line naming the file, and nothing left that poisons the next run -----
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncated gzip", r"IDX file .*t10k-images-idx3-ubyte.gz is a damaged gzip file \(.*\); it may "
+                       "be truncated: download it again"),
+    ("not gzip", r"IDX file .*t10k-images-idx3-ubyte.gz is not gzip-compressed \(and not a plain "
+                 r"IDX file either: it starts with 0x3c68746d\); download it again"),
+    ("wrong magic", r"IDX file .*t10k-images-idx3-ubyte.gz has magic number 0x00000801, expected "
+                    "0x00000803"),
+    ("counts disagree", r"IDX file .*t10k-images-idx3-ubyte.gz holds 20 images but "
+                        r".*t10k-labels-idx1-ubyte.gz holds 19 labels"),
+])
+def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message, tmp_path):
+    directory, root = tmp_path / "idx", tmp_path / "tfds"
+    arrays = _write_idx_dir(directory, seed=6)
+    images = directory / "t10k-images-idx3-ubyte.gz"
+    good = {p: p.read_bytes() for p in directory.iterdir()}
+    if damage == "truncated gzip":
+        images.write_bytes(good[images][: len(good[images]) // 2])
+    elif damage == "not gzip":  # e.g. an HTML error page saved under the file's name
+        images.write_bytes(b"<html><body>403 Forbidden</body></html>")
+    elif damage == "wrong magic":
+        _write_idx(images, arrays["test"][1])  # a labels file under the images' name
+    else:
+        _write_idx(directory / "t10k-labels-idx1-ubyte.gz", arrays["test"][1][:19])
+    with pytest.raises(datasets.DataError, match=message) as error:
+        datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory))
+    assert "\n" not in str(error.value)
+    assert not root.exists()  # nothing was prepared from the bad files
+    for path, data in good.items():
+        path.write_bytes(data)
+    x, y = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory)).load_arrays("test")
+    np.testing.assert_array_equal(x[..., 0], arrays["test"][0])
+    np.testing.assert_array_equal(y, arrays["test"][1])
+
+
+def test_a_killed_preparation_leaves_nothing_that_poisons_the_next_run(tmp_path):
+    directory, root = tmp_path / "idx", tmp_path / "tfds"
+    arrays = _write_idx_dir(directory, seed=7, n_train=6000, n_test=1000)
+    prepare = ("from flaxcnn import datasets; datasets.resolve('fashion_mnist', "
+               f"data_dir={str(root)!r}, idx_dir={str(directory)!r})")
+    process = subprocess.Popen([sys.executable, "-c", prepare], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any("incomplete" in p.name for p in root.rglob("*")):  # tfds is writing
+        assert process.poll() is None and time.monotonic() < deadline, "no preparation seen"
+        time.sleep(0.02)
+    time.sleep(0.3)
+    process.kill()
+    process.wait()
+    left = [p for p in root.rglob("*") if "incomplete" in p.name]
+    assert left and not any(p.name == "1.0.0" for p in root.rglob("*"))  # half-prepared, unfinished
+
+    dataset = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory))
+    assert (dataset.info.num_train, dataset.info.num_test) == (6000, 1000)
+    x, y = dataset.load_arrays("train")
+    np.testing.assert_array_equal(x[..., 0], arrays["train"][0])
+    np.testing.assert_array_equal(y, arrays["train"][1])
+
+
+def test_a_prepared_folder_without_its_data_files_is_one_line_and_recovers(tmp_path):
+    import shutil
+
+    root = str(tmp_path / "tfds")
+    folder = datasets.resolve(SAMPLE, data_dir=root).builder.data_dir
+    train_file = os.path.join(folder, f"{SAMPLE}-train.tfrecord-00000-of-00001")
+    test_file = os.path.join(folder, f"{SAMPLE}-test.tfrecord-00000-of-00001")
+    data = open(test_file, "rb").read()
+    with open(test_file, "wb") as f:  # a copy that stopped half-way
+        f.write(data[: len(data) // 2])
+    with pytest.raises(datasets.DataError, match=(
+            rf"the prepared dataset '{SAMPLE}' in {folder} is damaged: its test files "
+            rf"\({SAMPLE}-test.tfrecord-00000-of-00001\) hold {len(data) // 2} bytes, "
+            rf"dataset_info.json says {len(data)}; delete {folder} and run again")):
+        datasets.resolve(SAMPLE, data_dir=root)
+    os.remove(train_file)  # dataset_info.json left without its data
+    with pytest.raises(datasets.DataError, match=(
+            rf"the prepared dataset '{SAMPLE}' in {folder} is incomplete: its train file "
+            rf"{train_file} is missing \(1 of 1 files\); delete {folder} and run again")):
+        datasets.resolve(SAMPLE, data_dir=root)
+    shutil.rmtree(folder)  # what the message says to do
+    assert datasets.resolve(SAMPLE, data_dir=root).info.num_train == 1003

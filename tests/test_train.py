@@ -17,6 +17,9 @@ def run_cli(*args, **kwargs):
 @pytest.mark.parametrize("args,message", [
     (["--config.model=lenet5"], "error: unknown model 'lenet5'"),
     (["--config.no_such_field=1"], "error: unknown config field"),
+    (["--config.learning_rate=-1"], "error: --config.learning_rate must be a finite number above 0"),
+    (["--config.momentum=nan"], "error: --config.momentum must be a finite number in [0, 1)"),
+    (["--config.num_epochs=1.5"], "error: flag --config.num_epochs=1.5: invalid literal for int()"),
 ])
 def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_path):
     result = run_cli("--config", "configs/batchnorm.py", f"--workdir={tmp_path}",
@@ -24,6 +27,29 @@ def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("text,message", [
+    (None, "error: config file configs/nni.py does not exist; did you mean configs/nin.py?"),
+    ("def get_config(:\n", "does not load (SyntaxError: invalid syntax at line 1)"),
+    ("import ml_collections\n\ndef get_config():\n    raise RuntimeError('no GPU here')\n",
+     "does not load (RuntimeError: no GPU here at line 4)"),
+    ("def get_config():\n    return int('x')\n",
+     "does not load (ValueError: invalid literal for int() with base 10: 'x' at line 2)"),
+    ("import no_such_module\n", "does not load (ModuleNotFoundError: No module named"),
+    ("def get_config():\n    pass\n", "returned NoneType, not a ConfigDict"),
+])
+def test_a_config_file_that_is_missing_or_does_not_load_is_one_line(text, message, tmp_path):
+    path = "configs/nni.py"
+    if text is not None:
+        path = str(tmp_path / "config.py")
+        (tmp_path / "config.py").write_text(text)
+    result = run_cli("--config", path, f"--workdir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_rerun_compiles_nothing_with_the_compilation_cache(tfds_dir, tmp_path):

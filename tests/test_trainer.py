@@ -92,6 +92,44 @@ def test_bad_config_is_a_clear_error(overrides, message, make_config, tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("learning_rate", -1.0, "learning_rate must be a finite number above 0"),
+    ("learning_rate", 0.0, "learning_rate must be a finite number above 0"),
+    ("learning_rate", float("nan"), "learning_rate must be a finite number above 0, e.g. 0.1, got nan"),
+    ("learning_rate", float("inf"), "learning_rate must be a finite number above 0"),
+    ("momentum", 1.0, r"momentum must be a finite number in \[0, 1\)"),
+    ("momentum", -0.1, r"momentum must be a finite number in \[0, 1\)"),
+    ("weight_decay", -1e-4, "weight_decay must be a finite number, 0 or more"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number"),
+    ("warmup_epochs", -1.0, "warmup_epochs must be a finite number of epochs, 0 or more"),
+    ("warmup_epochs", float("inf"), "warmup_epochs must be a finite number"),
+    ("num_epochs", -1, "num_epochs must be a whole number, 0 or more"),
+    ("batch_size", 0, "batch_size must be a whole number, at least 1"),
+    ("eval_batch_size", -4, "eval_batch_size must be a whole number, 0"),
+    ("image_size", 0, "image_size must be a whole number, at least 1"),
+    ("checkpoint_every_epochs", 0, "checkpoint_every_epochs must be a whole number, at least 1"),
+    ("max_checkpoints", 0, "max_checkpoints must be a whole number, at least 1"),
+    ("seed", -3, "seed must be a whole number, 0 or more"),
+    ("reference_accuracy", 1.5, r"reference_accuracy must be an accuracy in \[0, 1\]"),
+])
+def test_out_of_range_numbers_are_refused_before_any_work(field, value, message, make_config,
+                                                          tmp_path):
+    config = make_config("batchnorm", dataset="fashion_mnist_sample", **{field: value})
+    with pytest.raises(UserError, match=message) as error:
+        trainer.train_and_evaluate(config, tmp_path / "run")
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # refused before the workdir was made
+
+
+def test_numbers_at_the_edges_of_their_ranges_are_accepted(make_config):
+    config = make_config("batchnorm", learning_rate=1e-12, momentum=0.0, weight_decay=0.0,
+                         warmup_epochs=0.0, num_epochs=0, eval_batch_size=0, seed=0,
+                         reference_accuracy=1.0)
+    trainer.check_config(config, device_count=4)
+    config.reference_accuracy = None
+    trainer.check_config(config, device_count=4)
+
+
 def test_unwritable_workdir_is_a_clear_error(make_config, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -63,8 +63,14 @@ def _read_bytes(path: str) -> bytes:
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise IdxError(f"IDX file {path} is not a valid gzip file ({e})") from e
+            raise IdxError(f"IDX file {path} is a damaged gzip file ({e}); it may be "
+                           "truncated: download it again") from e
     return raw
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def read(path: str, magic: int) -> np.ndarray:
@@ -75,6 +81,9 @@ def read(path: str, magic: int) -> np.ndarray:
     if len(data) < header:
         raise IdxError(f"IDX file {path} is too short ({len(data)} bytes) for its header")
     (got,) = struct.unpack(">I", data[:4])
+    if got != magic and path.endswith(".gz") and not _is_gzip(path):
+        raise IdxError(f"IDX file {path} is not gzip-compressed (and not a plain IDX file either: "
+                       f"it starts with 0x{got:08x}); download it again")
     if got != magic:
         raise IdxError(
             f"IDX file {path} has magic number 0x{got:08x}, expected 0x{magic:08x} "

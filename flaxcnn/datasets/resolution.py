@@ -51,6 +51,7 @@ def resolve(name, *, data_dir=None, idx_dir=None, process_index: int = 0,
     with quiet():  # e.g. "Variant folder ... has no dataset_info.json" before preparing
         builder = _prepared_builder(name, data_dir=data_dir, idx_dir=idx_dir)
     name = name.strip()
+    _check_prepared_files(builder, name)
     train_split = _resolve_split(builder, name, "train")
     test_split = _resolve_split(builder, name, "test")
     shape = tuple(builder.info.features["image"].shape)
@@ -239,6 +240,36 @@ def _prepare(builder, name: str, **kwargs) -> None:
             f"could not download and prepare dataset {name!r} into {builder.data_dir_root}: "
             f"{first_line(e)}"
         ) from e
+
+
+TFRECORD_FRAMING = 16  # bytes around each record of a tfrecord file: length, two checksums
+
+
+def _check_prepared_files(builder, name: str) -> None:
+    """Refuses a prepared folder whose data files are missing or shorter than its
+    dataset_info.json says (a copy or a preparation that stopped half-way): tf.data would only
+    fail at that record, in the middle of training."""
+    folder = builder.data_dir
+    for split, info in builder.info.splits.items():
+        try:
+            paths = [str(p) for p in info.filepaths]
+        except Exception:  # pylint: disable=broad-except  # no file list: nothing to check
+            continue
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DataError(
+                f"the prepared dataset {name!r} in {folder} is incomplete: its {split} file "
+                f"{missing[0]} is missing ({len(missing)} of {len(paths)} files); delete {folder} "
+                "and run again to prepare it afresh")
+        if str(builder.info.file_format).lower().endswith("tfrecord") and int(info.num_bytes):
+            size = sum(os.path.getsize(p) for p in paths)
+            expected = int(info.num_bytes) + TFRECORD_FRAMING * int(info.num_examples)
+            if size < expected:
+                raise DataError(
+                    f"the prepared dataset {name!r} in {folder} is damaged: its {split} files "
+                    f"({', '.join(os.path.basename(p) for p in paths)}) hold {size} bytes, "
+                    f"dataset_info.json says {expected}; delete {folder} and run again to prepare "
+                    "it afresh")
 
 
 def _resolve_split(builder, name: str, split: str) -> str:
