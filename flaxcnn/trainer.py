@@ -9,6 +9,7 @@ outputs (`flaxcnn.outputs`) and saves checkpoints; a signal stops it with a chec
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import checkpoint, datasets, models, pipelines, training
+from flaxcnn import checkpoint, cluster, datasets, models, pipelines, training
 from flaxcnn.errors import UserError
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 
@@ -80,8 +81,10 @@ class Trainer:
 
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
+        cluster.check_same_config(config, workdir)
         check_config(config, jax.device_count())
         start = checkpoint.restore_or_start(config, workdir, self._fresh_tree)
+        cluster.sync("restored")  # everyone read the workdir before process 0 rewrites it
         self.checkpoints, self.saved_step = start.checkpoints, start.restored_step
         self.epoch, self.step_in_epoch = start.epoch, start.step_in_epoch
         tree = start.tree
@@ -95,9 +98,13 @@ class Trainer:
     def _fresh_tree(self) -> dict:
         """Dataset, model and optimizer; the tree of a run that starts now."""
         config = self.config
-        self.dataset = datasets.resolve(
-            config.dataset, data_dir=config.data_dir or None, idx_dir=config.idx_dir or None,
-            process_index=jax.process_index(), process_count=jax.process_count())
+        for turn in ("first", "then"):  # process 0 prepares a shared data_dir alone, first
+            if (turn == "first") == (jax.process_index() == 0):
+                self.dataset = datasets.resolve(
+                    config.dataset, data_dir=config.data_dir or None,
+                    idx_dir=config.idx_dir or None, process_index=jax.process_index(),
+                    process_count=jax.process_count())
+            cluster.sync(f"dataset {turn}")
         info = self.dataset.info
         local_batch = config.batch_size // jax.process_count()
         self.steps_per_epoch = self.dataset.train_batches_per_epoch(local_batch)
@@ -136,8 +143,11 @@ class Trainer:
         if kind == "stream":
             return pipelines.StreamPipeline(self.dataset, cfg, steps_per_epoch=self.steps_per_epoch,
                                             seed=config.seed, dropout_key=self.dropout_key)
+        # Every process holds the whole training set and takes its devices' part of each global
+        # batch: the order of examples is that of one process, whatever the process count.
+        whole = dataclasses.replace(self.dataset, process_index=0, process_count=1)
         return pipelines.DevicePipeline(
-            self.dataset.load_arrays("train"), self.dataset.load_arrays("test"), cfg,
+            whole.load_arrays("train"), self.dataset.load_arrays("test"), cfg,
             steps_per_epoch=self.steps_per_epoch, num_test=info.num_test, data_key=self.data_key,
             dropout_key=self.dropout_key)
 
@@ -154,7 +164,7 @@ class Trainer:
                 outputs.record_epoch(record)
                 if self.epoch % config.checkpoint_every_epochs == 0:
                     self.save()
-                if signals.received is not None:
+                if cluster.any_process(signals.received is not None):
                     raise _Stop()
             self.save()
             if record is None:  # nothing left to train: the pictures show the restored model
@@ -165,14 +175,15 @@ class Trainer:
         except _Stop:
             path = self.save()
             self.checkpoints.wait()
-            raise Interrupted(signals.received,
+            raise Interrupted(signals.received or signal.SIGTERM,  # or another process's
                               f"saved a checkpoint at step {self.step} (epoch {self.epoch} + "
                               f"{self.step_in_epoch} steps) in {path}") from None
 
     def train_epoch(self, signals: Signals) -> tuple[dict, np.ndarray]:
         """Trains the rest of the current epoch and evaluates: (the epoch's record, predictions)."""
         config, t0, start_step = self.config, time.perf_counter(), self.step_in_epoch
-        progress = EpochProgress(config.progress and sys.stdout.isatty(),
+        progress = EpochProgress(config.progress and sys.stdout.isatty()
+                                 and jax.process_index() == 0,
                                  total=self.steps_per_epoch, start=start_step,
                                  desc=f"epoch {self.epoch + 1}/{config.num_epochs}",
                                  batch_size=config.batch_size)
@@ -187,7 +198,9 @@ class Trainer:
                         f"{self.epoch + 1}); training stopped and the last checkpoint was kept. "
                         f"Try a lower --config.learning_rate (now {config.learning_rate})")
                 progress.update(step, sums)
-                if signals.received is not None and step < self.steps_per_epoch:
+                # A signal may reach one process only: all stop after the same chunk.
+                if cluster.any_process(signals.received is not None) \
+                        and step < self.steps_per_epoch:
                     raise _Stop()
         train_seconds = time.perf_counter() - t0
         train_loss, train_accuracy = mean_loss_and_accuracy(training.host_sums(self.totals))
