@@ -76,7 +76,16 @@ def join(*, coordinator_address: str | None = None, num_processes: int | None = 
     if initialization_timeout < 1 or heartbeat_timeout_seconds < 1:
         raise UserError("--initialization_timeout and --heartbeat_timeout_seconds must be at "
                         "least 1 second")
-    _filter_output()
+    where = coordinator_address or "the auto-detected coordinator"
+    if process_id == 0:
+        not_joined = (f"error: the cluster did not form within {initialization_timeout} s: not all "
+                      f"{num_processes} processes joined {where}; start every process, or raise "
+                      "--initialization_timeout")
+    else:
+        not_joined = (f"error: could not join the cluster at {where} within "
+                      f"{initialization_timeout} s; start process 0 first and check "
+                      "--coordinator_address (HOST:PORT of process 0, reachable from here)")
+    _filter_output(not_joined)
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=num_processes,
@@ -85,16 +94,8 @@ def join(*, coordinator_address: str | None = None, num_processes: int | None = 
             heartbeat_timeout_seconds=heartbeat_timeout_seconds,
             # Exiting processes wait this long for the others (process 0 finishes the pictures).
             shutdown_timeout_seconds=max(60, heartbeat_timeout_seconds))
-    except (RuntimeError, ValueError, TypeError) as e:
-        where = coordinator_address or "the auto-detected coordinator"
-        reason = " ".join(str(e).split())[:300]
-        if process_id == 0:
-            raise UserError(f"the cluster did not form within {initialization_timeout} s: not all "
-                            f"{num_processes} processes joined {where} ({reason}); start every "
-                            "process, or raise --initialization_timeout") from None
-        raise UserError(f"could not join the cluster at {where} within {initialization_timeout} "
-                        f"s ({reason}); start process 0 first and check --coordinator_address "
-                        "(HOST:PORT of process 0, reachable from here)") from None
+    except (RuntimeError, ValueError, TypeError) as e:  # the runtime itself aborts on timeouts
+        raise UserError(f"{not_joined[len('error: '):]} ({' '.join(str(e).split())[:300]})") from None
 
 
 def multiprocess() -> bool:
@@ -187,13 +188,14 @@ _NOISE = re.compile(r"^\[Gloo\] Rank \d+ is connected")
 _RUNTIME_FATAL = re.compile(r"^[EF]\d{4} .*(coordination_service|client\.h|distributed)")
 
 
-def _filter_output():
+def _filter_output(not_joined: str):
     """Runs this process's stdout and stderr through a small child process that drops the
     collectives' chatter (gloo's "connected" lines) and turns the runtime's fatal abort (another
     process died) into one line on stderr.
 
     Forked before the distributed runtime starts any thread. The child ends when every writer of
-    the pipes is gone, i.e. after this process ends, however it ends.
+    the pipes is gone, i.e. after this process ends, however it ends. `not_joined` is the line
+    for an abort while joining.
     """
     if not hasattr(os, "fork"):
         return
@@ -207,7 +209,7 @@ def _filter_output():
         try:
             for read_fd, write_fd in pipes.values():
                 os.close(write_fd)
-            _run_filter({pipes[fd][0]: originals[fd] for fd in (1, 2)}, originals[2])
+            _run_filter({pipes[fd][0]: originals[fd] for fd in (1, 2)}, originals[2], not_joined)
         finally:
             os._exit(0)
     for fd, (read_fd, write_fd) in pipes.items():
@@ -217,7 +219,7 @@ def _filter_output():
         os.close(originals[fd])
 
 
-def _run_filter(routes: dict[int, int], stderr_fd: int):
+def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
     """Copies each pipe of `routes` (read fd -> output fd) line by line until all are closed."""
     import selectors
 
@@ -238,13 +240,17 @@ def _run_filter(routes: dict[int, int], stderr_fd: int):
                 lines = [line + b"\n" for line in lines]
             for raw in lines:
                 line = raw.decode(errors="replace")
-                if fatal or _RUNTIME_FATAL.match(line):
+                if line.startswith("error: "):  # ours: says it all
+                    said_error = True
+                    os.write(routes[fd], raw)
+                elif fatal or _RUNTIME_FATAL.match(line):
                     fatal.append(line)
                 elif not _NOISE.match(line):
-                    said_error = said_error or line.startswith("error: ")
                     os.write(routes[fd], raw)
     if fatal and not said_error:
-        os.write(stderr_fd, (lost_process_message("".join(fatal)) + "\n").encode())
+        log = "".join(fatal)
+        line = not_joined if "RegisterTask" in log else lost_process_message(log)
+        os.write(stderr_fd, (line + "\n").encode())
 
 
 def lost_process_message(log: str) -> str:
