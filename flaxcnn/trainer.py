@@ -229,11 +229,12 @@ class Trainer:
         t0 = time.perf_counter()
         record, _ = self.evaluation_record()
         record["eval_seconds"] = time.perf_counter() - t0
+        if jax.process_index() != 0:
+            return record
         print(f"evaluated the checkpoint of epoch {record['epoch']} (step {record['step']}): "
               f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
               f"over {record['test_examples']} test examples", flush=True)
-        if jax.process_index() == 0:
-            Outputs.append_line(self.workdir / "eval.jsonl", record)
+        Outputs.append_line(self.workdir / "eval.jsonl", record)
         return record
 
     def save(self) -> Path:
