@@ -32,9 +32,11 @@ import numpy as np
 
 from flaxcnn.errors import UserError
 
-# Environment variables that say "several processes were launched" (SLURM's srun, Open MPI's
-# mpirun): there a plain `python train.py` joins without flags, as jax.distributed auto-detects.
-_LAUNCHER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+# Launches of several processes that jax.distributed detects by itself (SLURM's srun, Open MPI's
+# mpirun): (the variable with the process count, variables that its detection also needs).
+_LAUNCHERS = (("SLURM_NTASKS", ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID",
+                                "SLURM_LOCALID")),
+              ("OMPI_COMM_WORLD_SIZE", ("OMPI_MCA_orte_hnp_uri",)))
 
 
 def requested(distributed: bool | None, coordinator_address: str | None,
@@ -45,7 +47,8 @@ def requested(distributed: bool | None, coordinator_address: str | None,
         return distributed
     if coordinator_address or num_processes is not None or process_id is not None:
         return True
-    return any(int(os.environ.get(v, "1") or 1) > 1 for v in _LAUNCHER_SIZE_VARS)
+    return any(os.environ.get(size, "1").isdigit() and int(os.environ.get(size, "1")) > 1
+               and all(v in os.environ for v in needed) for size, needed in _LAUNCHERS)
 
 
 def join(*, coordinator_address: str | None = None, num_processes: int | None = None,

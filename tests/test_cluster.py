@@ -283,3 +283,35 @@ def test_processes_with_different_configs_refuse_to_start(tfds_dir, tmp_path):
     assert lines[0] == lines[1]
     assert lines[0].startswith("error: process 1 started with a different config than process 0:")
     assert "learning_rate (0.1 vs 0.05)" in lines[0]
+
+
+def test_a_lone_process_joins_nothing_unless_asked(monkeypatch):
+    """No coordinator on a laptop; srun with several tasks, a cluster flag or --distributed
+    join; --nodistributed never does."""
+    from flaxcnn import cluster
+
+    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not cluster.requested(None, None, None, None)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an salloc shell: not a launch of 4 processes
+    assert not cluster.requested(None, None, None, None)
+    for name, value in (("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "node[1-4]"),
+                        ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0")):
+        monkeypatch.setenv(name, value)
+    assert cluster.requested(None, None, None, None)
+    assert not cluster.requested(False, None, None, None)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not cluster.requested(None, None, None, None)
+    assert cluster.requested(True, None, None, None)
+    assert cluster.requested(None, "localhost:1234", 2, 0)
+
+
+def test_explicit_cluster_flags_come_together():
+    from flaxcnn import cluster
+    from flaxcnn.errors import UserError
+
+    with pytest.raises(UserError, match="--coordinator_address needs --num_processes and "
+                                        "--process_id too"):
+        cluster.join(coordinator_address="localhost:1234")
+    with pytest.raises(UserError, match="must be HOST:PORT"):
+        cluster.join(coordinator_address="localhost", num_processes=2, process_id=0)
