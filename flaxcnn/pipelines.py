@@ -1,12 +1,14 @@
 """Input pipelines: where a run's batches come from, behind one interface.
 
-* :class:`DevicePipeline` holds the whole (per-process) dataset on every device as uint8; each
-  epoch's order is drawn on device from (data key, epoch) and every step gathers its batch inside
-  the compiled chunk. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
+* :class:`DevicePipeline` holds the whole training set (on every process) and this process's test
+  shard on every device as uint8; each epoch's order is drawn on device from (data key, epoch) and
+  every step gathers each device's part of the global batch inside the compiled chunk, so the run
+  does not depend on the number of processes. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
 * :class:`StreamPipeline` streams batches from tf.data (datasets too large for the devices).
 
 Both offer the same three methods: ``train_chunks`` (the rest of an epoch, one chunk of steps at a
-time, each chunk sized to about a second by one :class:`ChunkTimer`), ``evaluate`` (every test example
+time, each chunk sized to about a second by one :class:`ChunkTimer`, process 0's size on every
+process), ``evaluate`` (every test example
 of this process once) and ``preview`` (test images and labels for the pictures).
 """
 from __future__ import annotations
