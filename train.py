@@ -19,13 +19,26 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flaxcnn import trainer, training
+import jax
+
+from flaxcnn import cluster, trainer, training
 from flaxcnn.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/nin.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything; default runs/<config>-<time>.")
+# Several processes (README, "Several hosts"); the names are jax.distributed.initialize's.
+flags.DEFINE_bool("distributed", None, "Join a cluster with jax.distributed.initialize()'s "
+                  "auto-detection (TPU pod, SLURM, Open MPI); default: join when a cluster flag "
+                  "below is given or srun/mpirun launched several processes.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, reachable by all.")
+flags.DEFINE_integer("num_processes", None, "How many processes (one per host).")
+flags.DEFINE_integer("process_id", None, "This process: 0 .. num_processes-1.")
+flags.DEFINE_list("local_device_ids", None, "The devices this process uses, e.g. 0,1.")
+flags.DEFINE_integer("initialization_timeout", 60, "Seconds to wait for every process to join.")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 60, "A process silent this long is lost: the "
+                     "others stop (checkpoints are kept).")
 flags.DEFINE_string("compilation_cache", training.default_compilation_cache(),
                     "JAX's persistent compilation cache, so that a rerun compiles nothing; "
                     "'off' turns it off.")
@@ -37,20 +50,44 @@ def main(argv) -> int:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     training.use_compilation_cache(FLAGS.compilation_cache)
     try:
+        join_cluster()  # before anything touches the devices
         config = FLAGS.config
         if config is None:
             raise UserError("pass --config configs/<name>.py (see the configs/ folder)")
         config_file = config_flags.get_config_filename(FLAGS["config"])
+        if cluster.multiprocess() and not FLAGS.workdir:
+            raise UserError("pass --workdir=DIR, one folder every process sees (a shared file "
+                            "system or a bucket), when training on several processes")
         workdir = Path(FLAGS.workdir or
                        f"runs/{Path(config_file).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         trainer.train_and_evaluate(config, workdir)
         return 0
     except trainer.Interrupted as stop:
-        print(f"{stop}\nresume with: python train.py --config {config_file} --workdir {workdir}",
-              flush=True)
+        if jax.process_index() == 0:
+            print(f"{stop}\nresume with: python train.py --config {config_file} --workdir "
+                  f"{workdir}", flush=True)
         return stop.exit_code
     except UserError as e:
         sys.exit(f"error: {e}")
+    except Exception as e:  # a collective failed: another process probably died
+        cluster.lost_peer(e, wait_seconds=FLAGS.heartbeat_timeout_seconds + 10)
+        raise
+
+
+def join_cluster():
+    """Joins the processes' cluster when asked (see flaxcnn.cluster.requested)."""
+    if cluster.requested(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                         FLAGS.process_id):
+        try:
+            device_ids = [int(i) for i in FLAGS.local_device_ids or []] or None
+        except ValueError:
+            raise UserError(f"--local_device_ids={','.join(FLAGS.local_device_ids)} must be "
+                            "device numbers, e.g. 0,1") from None
+        cluster.join(coordinator_address=FLAGS.coordinator_address,
+                     num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                     local_device_ids=device_ids,
+                     initialization_timeout=FLAGS.initialization_timeout,
+                     heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
 
 
 def parse_flags(argv):

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import jax
 import orbax.checkpoint as ocp
 
-from flaxcnn import tree_compare
+from flaxcnn import cluster, tree_compare
 from flaxcnn.errors import UserError
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -183,12 +184,14 @@ class Checkpoints:
 
     def _set_aside(self, step: int, error: Exception):
         source = self.directory / str(step)
-        self.damaged_directory.mkdir(parents=True, exist_ok=True)
         destination = self.damaged_directory / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.move(source, destination)
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-        warn(f"checkpoint {source} is damaged ({reason}); moved it to {destination} and "
-             "trying an older one")
+        if jax.process_index() == 0:  # the workdir is shared: one process moves it
+            self.damaged_directory.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, destination)
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            warn(f"checkpoint {source} is damaged ({reason}); moved it to {destination} and "
+                 "trying an older one")
+        cluster.sync(f"set aside {step}")
         self.manager.reload()
 
 
@@ -247,9 +250,10 @@ def restore_or_start(config, workdir: Path, fresh: Callable[[], dict]) -> Start:
     tree, meta = restored
     start = Start(checkpoints, tree, epoch=int(meta["epoch"]),
                   step_in_epoch=int(meta["step_in_epoch"]), restored_step=int(tree["step"]))
-    print(f"resuming from checkpoint {checkpoints.directory / str(start.restored_step)}: step "
-          f"{start.restored_step}, epoch {start.epoch}"
-          + (f" + {start.step_in_epoch} steps" if start.step_in_epoch else ""), flush=True)
+    if jax.process_index() == 0:
+        print(f"resuming from checkpoint {checkpoints.directory / str(start.restored_step)}: step "
+              f"{start.restored_step}, epoch {start.epoch}"
+              + (f" + {start.step_in_epoch} steps" if start.step_in_epoch else ""), flush=True)
     return start
 
 

@@ -1,6 +1,6 @@
 """What a run writes besides checkpoints (the README lists it), and its progress bar.
 
-Only process 0 writes files; every process prints its epoch line.
+Only process 0 writes files and prints the epoch lines.
 """
 from __future__ import annotations
 
@@ -78,12 +78,12 @@ class Outputs:
 
     def record_epoch(self, record: dict):
         """The epoch's line on stdout, in metrics.jsonl and TensorBoard, and curves.png redrawn."""
+        if not self.is_writer:
+            return
         print(f"epoch {record['epoch']}/{self.config.num_epochs}  "
               f"train loss {record['train_loss']:.4f}  train acc {record['train_accuracy']:.4f}  "
               f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
               f"{record['examples_per_sec']:,.0f} img/s  {record['epoch_seconds']:.1f} s", flush=True)
-        if not self.is_writer:
-            return
         self.append_line(self.metrics_path, record)
         if self.writer is not None:
             with best_effort("write the TensorBoard scalars into", self.workdir):

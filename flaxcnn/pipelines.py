@@ -1,12 +1,14 @@
 """Input pipelines: where a run's batches come from, behind one interface.
 
-* :class:`DevicePipeline` holds the whole (per-process) dataset on every device as uint8; each
-  epoch's order is drawn on device from (data key, epoch) and every step gathers its batch inside
-  the compiled chunk. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
+* :class:`DevicePipeline` holds the whole training set (on every process) and this process's test
+  shard on every device as uint8; each epoch's order is drawn on device from (data key, epoch) and
+  every step gathers each device's part of the global batch inside the compiled chunk, so the run
+  does not depend on the number of processes. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
 * :class:`StreamPipeline` streams batches from tf.data (datasets too large for the devices).
 
 Both offer the same three methods: ``train_chunks`` (the rest of an epoch, one chunk of steps at a
-time, each chunk sized to about a second by one :class:`ChunkTimer`), ``evaluate`` (every test example
+time, each chunk sized to about a second by one :class:`ChunkTimer`, process 0's size on every
+process), ``evaluate`` (every test example
 of this process once) and ``preview`` (test images and labels for the pictures).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from flaxcnn import training
+from flaxcnn import cluster, training
 from flaxcnn.training import AXIS
 
 
@@ -57,7 +59,8 @@ def timed_chunks(run_steps: Callable, state, totals, *, start_step: int, steps_p
     yielding `(state, totals, steps_done)` after each; the caller may stop at any yield."""
     step = start_step
     while step < steps_per_epoch:
-        n = timer.next_size(steps_per_epoch - step)
+        # Timings differ between processes; their chunks must not (collectives would hang).
+        n = cluster.same_as_process_0(timer.next_size(steps_per_epoch - step))
         t0 = time.perf_counter()
         state, totals = run_steps(state, totals, step, n)
         jax.block_until_ready(totals)
@@ -109,12 +112,12 @@ def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) 
 
 def gather_predictions(preds, num_examples: int) -> np.ndarray:
     """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
-    preds = np.asarray(preds)
+    preds = training.local_array(preds)
     return preds.transpose(1, 0, 2).reshape(-1)[:num_examples]
 
 
 class DevicePipeline:
-    """This process's uint8 train and test arrays on every local device.
+    """The uint8 train set and this process's test shard on every local device.
 
     `num_test` is the whole test split (all processes): every process runs the same number of
     evaluation steps, enough for the largest shard.
@@ -128,6 +131,7 @@ class DevicePipeline:
         self.test_images, self.test_labels = test
         self.train_chunk = training.make_train_chunk(cfg)
         self.evaluate_on_device = training.make_evaluate(cfg)
+        self._epoch_examples = training.make_epoch_examples(cfg)
         self.eval_steps = eval_steps(math.ceil(num_test / jax.process_count()),
                                      cfg.eval_batch_per_device, jax.local_device_count())
         self.timer = ChunkTimer()
@@ -142,6 +146,12 @@ class DevicePipeline:
 
         return timed_chunks(run_steps, state, totals, start_step=start_step,
                             steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+
+    def epoch_examples(self, epoch: int) -> np.ndarray:
+        """The training examples (indices into the training set) that this process's devices
+        take in `epoch`, as the train chunks take them."""
+        perm = self.train_data.permutation(self.data_key, epoch)
+        return training.local_array(self._epoch_examples(perm, self.steps_per_epoch)).reshape(-1)
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
         """Global test sums, and this process's predictions in example order."""
@@ -195,7 +205,7 @@ class StreamPipeline:
             sums, p = self.evaluate_batch(state, shaped["image"], shaped["label"], shaped["mask"])
             sums = training.host_sums(sums)
             totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-            preds.append(np.asarray(p).reshape(-1)[batch["mask"]])
+            preds.append(training.local_array(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
 
     def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ outputs (`flaxcnn.outputs`) and saves checkpoints; a signal stops it with a chec
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import checkpoint, datasets, models, pipelines, training
+from flaxcnn import checkpoint, cluster, datasets, models, pipelines, training
 from flaxcnn.errors import UserError
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 from flaxcnn.phases import phase
@@ -105,6 +106,7 @@ class Trainer:
 
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
+        cluster.check_same_config(config, workdir)
         check_config(config, jax.device_count())
         self.lock = None
         if jax.process_index() == 0:  # one lock per run: the other hosts share process 0's workdir
@@ -112,6 +114,7 @@ class Trainer:
             self.lock = WorkdirLock.acquire(workdir)
         try:
             self._start(checkpoint.restore_or_start(config, workdir, self._fresh_tree))
+            cluster.sync("restored")  # everyone read the workdir before process 0 rewrites it
         except BaseException:
             self.close(quiet=True)
             raise
@@ -130,9 +133,13 @@ class Trainer:
     def _fresh_tree(self) -> dict:
         """Dataset, model and optimizer; the tree of a run that starts now."""
         config = self.config
-        self.dataset = datasets.resolve(
-            config.dataset, data_dir=config.data_dir or None, idx_dir=config.idx_dir or None,
-            process_index=jax.process_index(), process_count=jax.process_count())
+        for turn in ("first", "then"):  # process 0 prepares a shared data_dir alone, first
+            if (turn == "first") == (jax.process_index() == 0):
+                self.dataset = datasets.resolve(
+                    config.dataset, data_dir=config.data_dir or None,
+                    idx_dir=config.idx_dir or None, process_index=jax.process_index(),
+                    process_count=jax.process_count())
+            cluster.sync(f"dataset {turn}")
         info = self.dataset.info
         local_batch = config.batch_size // jax.process_count()
         self.steps_per_epoch = self.dataset.train_batches_per_epoch(local_batch)
@@ -171,8 +178,11 @@ class Trainer:
         if kind == "stream":
             return pipelines.StreamPipeline(self.dataset, cfg, steps_per_epoch=self.steps_per_epoch,
                                             seed=config.seed, dropout_key=self.dropout_key)
+        # Every process holds the whole training set and takes its devices' part of each global
+        # batch: the order of examples is that of one process, whatever the process count.
+        whole = dataclasses.replace(self.dataset, process_index=0, process_count=1)
         return pipelines.DevicePipeline(
-            self.dataset.load_arrays("train"), self.dataset.load_arrays("test"), cfg,
+            whole.load_arrays("train"), self.dataset.load_arrays("test"), cfg,
             steps_per_epoch=self.steps_per_epoch, num_test=info.num_test, data_key=self.data_key,
             dropout_key=self.dropout_key)
 
@@ -204,7 +214,7 @@ class Trainer:
                 outputs.record_epoch(record)
                 if self.epoch % config.checkpoint_every_epochs == 0:
                     self.save()
-                if signals.received is not None:
+                if cluster.any_process(signals.received is not None):
                     raise _Stop()
             self.save()
             if record is None:  # nothing left to train: the pictures show the restored model
@@ -215,14 +225,15 @@ class Trainer:
         except _Stop:
             path = self.save()
             self.checkpoints.wait()
-            raise Interrupted(signals.received,
+            raise Interrupted(signals.received or signal.SIGTERM,  # or another process's
                               f"saved a checkpoint at step {self.step} (epoch {self.epoch} + "
                               f"{self.step_in_epoch} steps) in {path}") from None
 
     def train_epoch(self, signals: Signals) -> tuple[dict, np.ndarray]:
         """Trains the rest of the current epoch and evaluates: (the epoch's record, predictions)."""
         config, t0, start_step = self.config, time.perf_counter(), self.step_in_epoch
-        progress = EpochProgress(config.progress and sys.stdout.isatty(),
+        progress = EpochProgress(config.progress and sys.stdout.isatty()
+                                 and jax.process_index() == 0,
                                  total=self.steps_per_epoch, start=start_step,
                                  desc=f"epoch {self.epoch + 1}/{config.num_epochs}",
                                  batch_size=config.batch_size)
@@ -237,7 +248,9 @@ class Trainer:
                         f"{self.epoch + 1}); training stopped and the last checkpoint was kept. "
                         f"Try a lower --config.learning_rate (now {config.learning_rate})")
                 progress.update(step, sums)
-                if signals.received is not None and step < self.steps_per_epoch:
+                # A signal may reach one process only: all stop after the same chunk.
+                if cluster.any_process(signals.received is not None) \
+                        and step < self.steps_per_epoch:
                     raise _Stop()
         train_seconds = time.perf_counter() - t0
         train_loss, train_accuracy = mean_loss_and_accuracy(training.host_sums(self.totals))
@@ -267,11 +280,12 @@ class Trainer:
         t0 = time.perf_counter()
         record, _ = self.evaluation_record()
         record["eval_seconds"] = time.perf_counter() - t0
+        if jax.process_index() != 0:
+            return record
         print(f"evaluated the checkpoint of epoch {record['epoch']} (step {record['step']}): "
               f"test loss {record['test_loss']:.4f}  test acc {record['test_accuracy']:.4f}  "
               f"over {record['test_examples']} test examples", flush=True)
-        if jax.process_index() == 0:
-            Outputs.append_line(self.workdir / "eval.jsonl", record)
+        Outputs.append_line(self.workdir / "eval.jsonl", record)
         return record
 
     def save(self) -> Path:
@@ -286,6 +300,7 @@ class Trainer:
                                                    "devices": jax.device_count()})
             self.saved_step = step
         return self.checkpoints.directory / str(step)
+
 
 def checkpoint_tree(state, data_key, dropout_key, totals) -> dict:
     """Everything that fixes the rest of the run, as host numpy arrays."""

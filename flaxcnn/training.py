@@ -188,15 +188,17 @@ def make_train_chunk(cfg: StepConfig, devices=None):
     """`chunk(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps)`.
 
     Runs steps start .. start+num_steps-1 of the epoch (all of them pmapped, none waited for).
-    `images`/`labels` are the whole (per-process) training set on every device, `perm` the epoch's
-    order; device `local_index` of step `i` takes `perm[i*B + local_index*b : ... + b]`, where B is
-    the per-process batch, so the global batch of a step does not depend on the device count.
+    `images`/`labels` are the whole training set on every device (of every process), `perm` the
+    epoch's order; step `i` trains on the global batch `perm[i*B : (i+1)*B]` and the device at
+    position `d` of the pmap (all processes' devices) takes `perm[i*B + d*b : ... + b]`, so a step's
+    global batch depends neither on the device count nor on the process count.
     """
     b = cfg.batch_per_device
-    local_devices = len(devices) if devices else jax.local_device_count()
+    positions = example_positions(b, len(devices) if devices else jax.device_count())
 
     def batch_at(images, labels, perm, local_index, i):
-        idx = lax.dynamic_slice(perm, ((i * local_devices + local_index) * b,), (b,))
+        del local_index  # the position comes from the pmap axis, across processes
+        idx = perm[positions(i)]
         return images[idx], labels[idx]
 
     if cfg.device_loop:
@@ -230,6 +232,29 @@ def make_train_chunk(cfg: StepConfig, devices=None):
         return state, totals
 
     return dispatch
+
+
+def example_positions(batch_per_device: int, num_devices: int):
+    """Inside pmap: `positions(i)`, where in the epoch's order this device's examples of step `i`
+    are (its part of the global batch)."""
+
+    def positions(i):
+        first = (i * num_devices + lax.axis_index(AXIS)) * batch_per_device
+        return first + jnp.arange(batch_per_device)
+
+    return positions
+
+
+def make_epoch_examples(cfg: StepConfig, devices=None):
+    """pmapped `(perm, num_steps)` -> (num_steps, b) per device: the examples each device of this
+    process trains on in an epoch, by the same `example_positions` as the train chunk."""
+    positions = example_positions(cfg.batch_per_device,
+                                  len(devices) if devices else jax.device_count())
+
+    def examples(perm, num_steps):
+        return jax.vmap(lambda i: perm[positions(i)])(jnp.arange(num_steps))
+
+    return jax.pmap(examples, AXIS, static_broadcasted_argnums=(1,), devices=devices)
 
 
 def make_train_batch(cfg: StepConfig, devices=None):
@@ -314,6 +339,15 @@ def replicate(tree, devices=None):
 def unreplicate(tree):
     """The first device's copy of a pmapped (or replicated) pytree, fetched to host numpy."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+
+def local_array(x) -> np.ndarray:
+    """A pmapped output -> this process's devices' values as one numpy array (leading axis: the
+    local devices in order). With several processes the whole array is not addressable here."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
+    return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def host_sums(sums) -> dict:

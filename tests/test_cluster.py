@@ -1,0 +1,317 @@
+"""Several processes as one run (flaxcnn.cluster), with real processes on this machine.
+
+2 processes x 2 CPU devices against 1 process x 4 devices, same config and global batch, LeNet-BN
+on the bundled sample. Collectives between the processes go through gloo, as on CPU clusters.
+Select with `pytest -m multihost`.
+"""
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.multihost
+
+BATCH = 16  # global batch: 4 per device either way; 62 steps per epoch on the 1,003 examples
+TOLERANCE = 1e-5  # float32 round-off: the sums over devices are added in another order
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def launch(workdir, tfds_dir, processes: int, *extra, per_process=None, heartbeat=5,
+           devices=None) -> list[subprocess.Popen]:
+    """train.py as `processes` processes of one cluster (4 devices in all), or one process."""
+    devices = devices or 4 // processes
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=REPO)
+    port = free_port()
+    procs = []
+    for i in range(processes):
+        cluster = [] if processes == 1 else [
+            f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+            f"--process_id={i}", f"--heartbeat_timeout_seconds={heartbeat}",
+            "--initialization_timeout=60"]
+        command = [sys.executable, "train.py", "--config", "configs/batchnorm.py",
+                   f"--workdir={workdir}", "--config.dataset=fashion_mnist_sample",
+                   f"--config.data_dir={tfds_dir}", f"--config.batch_size={BATCH}",
+                   "--config.num_epochs=2", "--config.progress=false", "--config.plots=false",
+                   "--config.tensorboard=false", *cluster, *extra,
+                   *((per_process or {}).get(i, []))]
+        procs.append(subprocess.Popen(command, cwd=REPO, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def finish(procs, timeout=240) -> list[tuple[int, str, str]]:
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append((p.returncode, out, err))
+    return results
+
+
+def run(workdir, tfds_dir, processes, *extra, **kwargs) -> list[tuple[int, str, str]]:
+    results = finish(launch(workdir, tfds_dir, processes, *extra, **kwargs))
+    for rc, out, err in results:
+        assert rc == 0, f"exit {rc}\n{out}\n{err}"
+    return results
+
+
+def records(workdir) -> list[dict]:
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_state(workdir) -> tuple[int, dict]:
+    manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints")
+    step = manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, state["state"]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def assert_same_run(workdir, reference, *, from_epoch=1):
+    """The same epochs, steps and example counts, metrics and final state to round-off."""
+    got, want = records(workdir), records(reference)
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for g, w in zip(got, want):
+        if g["epoch"] < from_epoch:
+            continue
+        assert g["step"] == w["step"] and g["test_examples"] == w["test_examples"] == 1003
+        for key in ("train_loss", "test_loss"):
+            assert abs(g[key] - w[key]) <= TOLERANCE * max(1.0, abs(w[key])), (key, g, w)
+        for key in ("train_accuracy", "test_accuracy"):  # counts; a flipped argmax is one example
+            assert abs(g[key] - w[key]) <= 1.5 / 1003, (key, g, w)
+    (step, state), (want_step, want_state) = final_state(workdir), final_state(reference)
+    assert step == want_step
+    differences = {k: max_difference(state[k], want_state[k]) for k in ("params", "batch_stats")}
+    print(f"max |difference| against {Path(reference).name}: {differences}")
+    assert max(differences.values()) <= TOLERANCE, differences
+    return differences
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def truncate_to_epoch_1(source, destination):
+    """A copy of a finished run's workdir as it was after epoch 1 (its checkpoint at step 62)."""
+    shutil.copytree(source, destination)
+    for step in checkpoint_steps(destination):
+        if step > 62:
+            shutil.rmtree(Path(destination) / "checkpoints" / str(step))
+    kept = [r for r in records(destination) if r["epoch"] <= 1]
+    (Path(destination) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+@pytest.fixture(scope="module")
+def one_process(tfds_dir, tmp_path_factory):
+    """The reference: 2 epochs in one process with 4 devices."""
+    workdir = tmp_path_factory.mktemp("cluster") / "one"
+    run(workdir, tfds_dir, 1)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def two_processes(tfds_dir, tmp_path_factory):
+    """2 processes x 2 devices; SIGTERM reaches process 1 only, in epoch 2; then resumed.
+
+    Returns (the workdir after the resumed run, a copy of it as the signal left it, the results
+    of the interrupted run).
+    """
+    root = tmp_path_factory.mktemp("cluster")
+    workdir = root / "two"
+    procs = launch(workdir, tfds_dir, 2)
+    wait_for(lambda: 62 in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
+    procs[1].send_signal(signal.SIGTERM)
+    interrupted = finish(procs)
+    stopped = root / "two-stopped"
+    shutil.copytree(workdir, stopped)
+    run(workdir, tfds_dir, 2)
+    return workdir, stopped, interrupted
+
+
+def test_two_processes_train_as_one(one_process, two_processes):
+    """Per-epoch metrics and final parameters and BatchNorm statistics agree to round-off; every
+    test example is evaluated once (test_examples == 1003); only process 0 prints."""
+    workdir, _, _ = two_processes
+    assert [r["epoch"] for r in records(workdir)] == [1, 2]
+    assert_same_run(workdir, one_process)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(two_processes):
+    """The signal reached process 1 only: both saved the same step and exited cleanly, and
+    only process 0 printed (the resume hint); the resumed run finished the epochs."""
+    workdir, stopped, interrupted = two_processes
+    (rc0, out0, err0), (rc1, out1, err1) = interrupted
+    said = (out0, err0, out1, err1)
+    assert rc0 == rc1 == 128 + signal.SIGTERM, said
+    assert "SIGTERM" in err1 and "SIGTERM" not in err0, said
+    assert "resume with: python train.py" in out0 and out1 == "", said
+    assert "Traceback" not in err0 + err1, said
+    saved = checkpoint_steps(stopped)[-1]
+    assert 62 < saved <= 124, (saved, said)
+    assert f"saved a checkpoint at step {saved} " in out0
+    assert [r["epoch"] for r in records(stopped)] == [1]
+    assert records(workdir)[-1]["step"] == 124
+
+
+def test_checkpoint_moves_between_two_processes_and_one(one_process, two_processes, tfds_dir,
+                                                        tmp_path):
+    """The 2-process run's mid-epoch checkpoint continues in 1 process, and the 1-process
+    run's epoch-1 checkpoint in 2 processes, as the 1-process run went on."""
+    _, stopped, _ = two_processes
+    two_to_one = tmp_path / "two-to-one"
+    shutil.copytree(stopped, two_to_one)
+    (rc, out, _), = run(two_to_one, tfds_dir, 1)
+    assert f"resuming from checkpoint {two_to_one.absolute() / 'checkpoints'}" in out
+    assert_same_run(two_to_one, one_process)
+
+    one_to_two = tmp_path / "one-to-two"
+    truncate_to_epoch_1(one_process, one_to_two)
+    results = run(one_to_two, tfds_dir, 2)
+    assert "resuming from checkpoint" in results[0][1] and results[1][1] == ""
+    # Epoch 1 is the 1-process run's own: epoch 2 differs from it by the order of the sums only.
+    assert_same_run(one_to_two, one_process)
+
+
+def test_shards_are_disjoint_and_cover_the_data(tfds_dir, tmp_path):
+    """Each global batch is split between the processes' devices, the epoch's batches are those
+    of one process; the test split is sharded so that every example is evaluated once."""
+    port, outs = free_port(), [tmp_path / f"p{i}.npz" for i in range(2)]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=REPO)
+    procs = [subprocess.Popen([sys.executable, "tests/cluster_worker.py", str(outs[i]),
+                               str(tmp_path / "work"), tfds_dir, f"localhost:{port}", "2", str(i)],
+                              cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in range(2)]
+    for rc, out, err in finish(procs):
+        assert rc == 0, err
+    p0, p1 = (np.load(o) for o in outs)
+    steps = int(p0["steps"])
+    assert steps == 1003 // BATCH
+    for epoch in ("train_epoch0", "train_epoch1"):
+        a, b = set(p0[epoch].tolist()), set(p1[epoch].tolist())
+        assert len(a) == len(b) == steps * BATCH // 2 and not a & b
+        number = int(epoch[-1])
+        order = jax.random.permutation(jax.random.fold_in(p0["data_key"], number), 1003)
+        assert a | b == set(np.asarray(order[:steps * BATCH]).tolist())
+    assert set(p0["train_epoch0"].tolist()) != set(p0["train_epoch1"].tolist())
+    assert len(p0["test"]) + len(p1["test"]) == 1003 and abs(len(p0["test"]) - len(p1["test"])) <= 1
+    assert (collections.Counter(p0["test"].tolist()) + collections.Counter(p1["test"].tolist())
+            == collections.Counter(p0["whole_test"].tolist()))
+
+
+def test_a_killed_process_stops_the_others(tfds_dir, tmp_path):
+    """SIGKILL to process 1: process 0 stops within the heartbeat timeout with one line naming
+    process 1; the last complete checkpoint restores."""
+    workdir = tmp_path / "killed"
+    procs = launch(workdir, tfds_dir, 2, "--config.num_epochs=3")
+    wait_for(lambda: 62 in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
+    procs[1].kill()
+    killed_at = time.monotonic()
+    (rc0, out0, err0), _ = finish(procs, timeout=60)
+    took = time.monotonic() - killed_at
+    assert rc0 != 0 and took < 30, (took, err0)
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: lost process 1 of the cluster"), err0
+    assert "Traceback" not in err0 and "Check failure" not in err0, err0
+    (rc, out, err), = run(workdir, tfds_dir, 1, "--config.num_epochs=2")
+    assert "resuming from checkpoint" in out
+    assert records(workdir)[-1]["step"] == 124
+
+
+def one_line_error(results) -> list[str]:
+    lines = []
+    for rc, out, err in results:
+        assert rc != 0 and "Traceback" not in err, err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, err
+        lines.append(errors[0])
+    return lines
+
+
+def test_process_id_out_of_range(tfds_dir, tmp_path):
+    results = finish(launch(tmp_path, tfds_dir, 1, "--coordinator_address=localhost:1",
+                            "--num_processes=2", "--process_id=2"))
+    assert one_line_error(results)[0].startswith("error: --process_id=2 is out of range")
+
+
+def test_unreachable_coordinator_fails_within_seconds(tfds_dir, tmp_path):
+    t0 = time.monotonic()
+    results = finish(launch(tmp_path, tfds_dir, 1, f"--coordinator_address=localhost:{free_port()}",
+                            "--num_processes=2", "--process_id=1", "--initialization_timeout=3"))
+    assert time.monotonic() - t0 < 60
+    assert one_line_error(results)[0].startswith("error: could not join the cluster at localhost:")
+
+
+def test_batch_not_divisible_by_all_devices(tfds_dir, tmp_path):
+    lines = one_line_error(finish(launch(tmp_path / "w", tfds_dir, 2, "--config.batch_size=6")))
+    assert lines[0] == lines[1] and "not divisible by the 4 devices" in lines[0]
+
+
+def test_processes_with_different_configs_refuse_to_start(tfds_dir, tmp_path):
+    lines = one_line_error(finish(launch(tmp_path / "w", tfds_dir, 2,
+                                         per_process={1: ["--config.learning_rate=0.05"]})))
+    assert lines[0] == lines[1]
+    assert lines[0].startswith("error: process 1 started with a different config than process 0:")
+    assert "learning_rate (0.1 vs 0.05)" in lines[0]
+
+
+def test_a_lone_process_joins_nothing_unless_asked(monkeypatch):
+    """No coordinator on a laptop; srun with several tasks, a cluster flag or --distributed
+    join; --nodistributed never does."""
+    from flaxcnn import cluster
+
+    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert not cluster.requested(None, None, None, None)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # an salloc shell: not a launch of 4 processes
+    assert not cluster.requested(None, None, None, None)
+    for name, value in (("SLURM_JOB_ID", "7"), ("SLURM_STEP_NODELIST", "node[1-4]"),
+                        ("SLURM_PROCID", "0"), ("SLURM_LOCALID", "0")):
+        monkeypatch.setenv(name, value)
+    assert cluster.requested(None, None, None, None)
+    assert not cluster.requested(False, None, None, None)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not cluster.requested(None, None, None, None)
+    assert cluster.requested(True, None, None, None)
+    assert cluster.requested(None, "localhost:1234", 2, 0)
+
+
+def test_explicit_cluster_flags_come_together():
+    from flaxcnn import cluster
+    from flaxcnn.errors import UserError
+
+    with pytest.raises(UserError, match="--coordinator_address needs --num_processes and "
+                                        "--process_id too"):
+        cluster.join(coordinator_address="localhost:1234")
+    with pytest.raises(UserError, match="must be HOST:PORT"):
+        cluster.join(coordinator_address="localhost", num_processes=2, process_id=0)
