@@ -71,6 +71,24 @@ class Outputs:
         kept = [record for record in self.records() if record["epoch"] <= epoch]
         write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def record_timing(self, timing: dict):
+        """The run's time, on stdout and in run_info.json under "timing" (see Trainer.timing)."""
+        if not self.is_writer:
+            return
+        compiled = timing["compilations"]
+        first_step = timing["seconds_before_first_step"]
+        print(f"{timing['seconds_since_start']:.1f} s in all: "
+              + (f"{first_step:.1f} s before the first step, " if first_step is not None else "")
+              + f"{timing['train_seconds']:.1f} s of training steps, "
+              f"{timing['evaluate_seconds']:.1f} s of evaluation, "
+              f"{timing['outputs_and_checkpoints_seconds']:.1f} s of outputs and checkpoints; "
+              f"{compiled['programs']} programs compiled in {compiled['seconds']:.1f} s "
+              f"({compiled['from_cache']} from the compilation cache)", flush=True)
+        path = self.workdir / "run_info.json"
+        with best_effort("record the timing in", path):
+            info = json.loads(path.read_text())
+            write_atomically(path, json.dumps({**info, "timing": timing}, indent=2) + "\n")
+
     def records(self) -> list[dict]:
         if not self.metrics_path.exists():
             return []

@@ -106,6 +106,9 @@ class Trainer:
 
     def __init__(self, config, workdir: Path):
         self.config, self.workdir = config, workdir
+        training.compilations()  # counting starts here
+        self.seconds = {"train": 0.0, "evaluate": 0.0, "outputs_and_checkpoints": 0.0}
+        self.first_step_at = None  # seconds since the process started
         cluster.check_same_config(config, workdir)
         check_config(config, jax.device_count())
         self.lock = None
@@ -211,16 +214,21 @@ class Trainer:
         try:
             while self.epoch < config.num_epochs:
                 record, predictions = self.train_epoch(signals)
+                t0 = time.perf_counter()
                 outputs.record_epoch(record)
                 if self.epoch % config.checkpoint_every_epochs == 0:
                     self.save()
+                self.seconds["outputs_and_checkpoints"] += time.perf_counter() - t0
                 if cluster.any_process(signals.received is not None):
                     raise _Stop()
+            t0 = time.perf_counter()
             self.save()
             if record is None:  # nothing left to train: the pictures show the restored model
                 record, predictions = self.evaluation_record()
             images, labels = self.pipeline.preview(outputs.preview_count)
             outputs.finish(images, labels, predictions)
+            self.seconds["outputs_and_checkpoints"] += time.perf_counter() - t0
+            outputs.record_timing(self.timing())
             return record
         except _Stop:
             path = self.save()
@@ -237,6 +245,8 @@ class Trainer:
                                  total=self.steps_per_epoch, start=start_step,
                                  desc=f"epoch {self.epoch + 1}/{config.num_epochs}",
                                  batch_size=config.batch_size)
+        if self.first_step_at is None:
+            self.first_step_at = training.process_seconds()
         with progress, phase("train"):
             for state, totals, step in self.pipeline.train_chunks(
                     self.state, self.totals, epoch=self.epoch, start_step=start_step):
@@ -256,6 +266,8 @@ class Trainer:
         train_loss, train_accuracy = mean_loss_and_accuracy(training.host_sums(self.totals))
         with phase("eval"):
             test, predictions = self.evaluation_record()
+        self.seconds["train"] += train_seconds
+        self.seconds["evaluate"] += time.perf_counter() - t0 - train_seconds
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.totals = training.replicate(training.zero_totals())
         record = {"epoch": self.epoch, "step": test["step"],
@@ -267,6 +279,15 @@ class Trainer:
                   "epoch_seconds": time.perf_counter() - t0,
                   "learning_rate": float(self.schedule(test["step"]))}
         return record, predictions
+
+    def timing(self) -> dict:
+        """Where this process's time went: before the first step (start-up, data, model,
+        checkpoint), the epochs' steps and evaluations, outputs and checkpoint writes, and XLA
+        compilations (counted inside the others)."""
+        return {"seconds_since_start": training.process_seconds(),
+                "seconds_before_first_step": self.first_step_at,
+                **{f"{name}_seconds": seconds for name, seconds in self.seconds.items()},
+                "compilations": training.compilations()}
 
     def evaluation_record(self) -> tuple[dict, np.ndarray]:
         """Test loss, accuracy and example count of the current state, and its predictions."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -370,3 +371,42 @@ def use_compilation_cache(directory: str | None):
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+_compilations = {"programs": 0, "seconds": 0.0, "from_cache": 0}
+_counting = False
+
+
+def compilations() -> dict:
+    """XLA compilations in this process since the first call: how many programs, in how many
+    seconds, and how many of them the persistent compilation cache served (jax.monitoring)."""
+    global _counting
+    if not _counting:
+        _counting = True
+
+        def on_duration(event, seconds, *args, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                _compilations["programs"] += 1
+                _compilations["seconds"] += seconds
+
+        def on_event(event, *args, **kwargs):
+            if event == "/jax/compilation_cache/cache_hits":
+                _compilations["from_cache"] += 1
+
+        jax.monitoring.register_event_duration_secs_listener(on_duration)
+        jax.monitoring.register_event_listener(on_event)
+    return dict(_compilations)
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux), else since flaxcnn.training was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()

@@ -1,5 +1,6 @@
 """train.py, the command line: one-line errors and non-zero exits (the run itself is tested through
 trainer.train_and_evaluate in test_trainer.py)."""
+import json
 import os
 import subprocess
 import sys
@@ -62,6 +63,10 @@ def test_a_rerun_compiles_nothing_with_the_compilation_cache(tfds_dir, tmp_path)
     assert len(compiled) >= 3  # at least the init, the train step and the evaluation
     assert run_cli(*args, f"--workdir={tmp_path / 'second'}").returncode == 0
     assert sorted(p.name for p in cache.iterdir()) == compiled  # every compilation was a hit
+    counted = [json.loads((tmp_path / run / "run_info.json").read_text())["timing"]["compilations"]
+               for run in ("first", "second")]
+    assert counted[0]["from_cache"] == 0 and counted[0]["programs"] >= 3
+    assert counted[1]["from_cache"] == counted[1]["programs"] == counted[0]["programs"]
     elsewhere = tmp_path / "env-cache"  # JAX's own variable, which 'off' overrides too
     off = run_cli(*args[:-1], "--compilation_cache=off", f"--workdir={tmp_path / 'third'}",
                   env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(elsewhere)))

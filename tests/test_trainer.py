@@ -54,6 +54,11 @@ def assert_run_outputs(workdir, metrics):
     info = json.loads((workdir / "run_info.json").read_text())
     assert (info["params"], info["batch_stats"], info["devices"]) == (44_878, 452, 4)
     assert info["class_names"][0] == "T-shirt/top" and info["flops_per_image"] > 5e5
+    timing = info["timing"]  # where the run's time went, in this (the test) process
+    assert timing["compilations"]["programs"] >= 2  # at least the train step and the evaluation
+    assert timing["train_seconds"] > 0 and timing["evaluate_seconds"] > 0
+    assert timing["outputs_and_checkpoints_seconds"] > 0
+    assert timing["seconds_since_start"] > timing["seconds_before_first_step"] > 0
     scalars = {}
     for event_file in workdir.glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
