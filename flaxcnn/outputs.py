@@ -1,11 +1,14 @@
 """What a run writes besides checkpoints (the README lists it), and its progress bar.
 
-Only process 0 writes files and prints the epoch lines.
+Only process 0 writes files and prints the epoch lines. The pictures are drawn in one background
+thread, so drawing them never holds up the steps (on an accelerator the host is idle meanwhile);
+curves.png always ends up showing every epoch.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 import os
 import sys
 import time
@@ -43,11 +46,18 @@ class Outputs:
             from clu import metric_writers
 
             self.writer = metric_writers.SummaryWriter(str(workdir))
+        self.painter = (ThreadPoolExecutor(1, thread_name_prefix="flaxcnn-pictures")
+                        if self.is_writer and config.plots else None)
+        self.curves_job: Future | None = None
+        self.curves_records, self.drawn_records = None, None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self.painter is not None:
+            self.wait_for_pictures()
+            self.painter.shutdown()
         if self.writer is not None:
             with best_effort("close the TensorBoard file in", self.workdir):
                 self.writer.close()
@@ -108,25 +118,44 @@ class Outputs:
                 self.writer.write_scalars(record["epoch"],
                                           {k: record[k] for k in TENSORBOARD_SCALARS})
                 self.writer.flush()
-        if self.config.plots:
-            reference = (self.config.reference_accuracy
-                         if self.config.dataset == "fashion_mnist" else None)
-            with best_effort("draw", self.workdir / "curves.png"), phase("plot"):
-                plots.curves(self.records(), self.workdir / "curves.png",
-                             reference_accuracy=reference,
-                             title=f"{self.config.model} on {self.config.dataset}")
+        if self.painter is not None:
+            self.curves_records = self.records()
+            if self.curves_job is None or self.curves_job.done():  # else it is drawn after that
+                self.curves_job = self.painter.submit(self._draw_curves)
+
+    def wait_for_pictures(self):
+        """Returns once every picture asked for is drawn, curves.png with every epoch."""
+        if self.painter is None:
+            return
+        if self.curves_records is not self.drawn_records:  # the last epochs came meanwhile
+            self.painter.submit(self._draw_curves)
+        self.painter.submit(lambda: None).result()  # one thread: everything before it is done
+
+    def _draw_curves(self):
+        """curves.png from the newest records (in the picture thread)."""
+        records = self.curves_records
+        reference = (self.config.reference_accuracy
+                     if self.config.dataset == "fashion_mnist" else None)
+        with best_effort("draw", self.workdir / "curves.png"), phase("plot"):
+            plots.curves(records, self.workdir / "curves.png", reference_accuracy=reference,
+                         title=f"{self.config.model} on {self.config.dataset}")
+        self.drawn_records = records
 
     def finish(self, images, labels, predictions):
         """predictions.png and confusion.png from the final model's test predictions."""
-        if not (self.is_writer and self.config.plots):
+        if self.painter is None:
             return
         names = self.info.class_names
-        with phase("plot"):
-            with best_effort("draw", self.workdir / "predictions.png"):
-                plots.predictions(images, labels, predictions, names,
-                                  self.workdir / "predictions.png")
-            with best_effort("draw", self.workdir / "confusion.png"):
-                plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+
+        def draw():
+            with phase("plot"):
+                with best_effort("draw", self.workdir / "predictions.png"):
+                    plots.predictions(images, labels, predictions, names,
+                                      self.workdir / "predictions.png")
+                with best_effort("draw", self.workdir / "confusion.png"):
+                    plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+
+        self.painter.submit(draw)
 
     @staticmethod
     def append_line(path: Path, record: dict):

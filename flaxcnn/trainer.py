@@ -227,6 +227,7 @@ class Trainer:
                 record, predictions = self.evaluation_record()
             images, labels = self.pipeline.preview(outputs.preview_count)
             outputs.finish(images, labels, predictions)
+            outputs.wait_for_pictures()
             self.seconds["outputs_and_checkpoints"] += time.perf_counter() - t0
             outputs.record_timing(self.timing())
             return record
