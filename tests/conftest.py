@@ -52,3 +52,12 @@ def train_to_end(config, workdir) -> dict:
     log = Path(workdir) / ("eval.jsonl" if config.eval_only else "metrics.jsonl")
     assert record == json.loads(log.read_text().splitlines()[-1])
     return record
+
+
+def uninterrupted_run(workdir, tfds_dir, overrides: dict):
+    """configs/batchnorm.py with `overrides`, trained to the end in `workdir`: the reference that
+    interrupted runs must reproduce bit for bit."""
+    config = importlib.import_module("configs.batchnorm").get_config()
+    config.update(overrides, data_dir=tfds_dir, progress=False)
+    train_to_end(config, workdir)
+    return workdir

@@ -1,5 +1,4 @@
 """Checkpoints: exact resume after SIGKILL, SIGTERM/Ctrl-C, device-count changes, damage, refusals."""
-import importlib
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import pytest
 
 from flaxcnn import checkpoint, trainer
 from flaxcnn.errors import UserError
-from tests.conftest import REPO, train_to_end
+from tests.conftest import REPO, train_to_end, uninterrupted_run
 
 # LeNet-BN on the bundled sample at 56x56, batch 16: 62 steps, a few seconds an epoch. Runs that
 # get killed are subprocesses; the rest run in this process (4 fake devices, like the subprocesses).
@@ -92,11 +91,7 @@ def run_here(make_config):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tfds_dir):
     """The uninterrupted run every interrupted one must reproduce bit for bit."""
-    workdir = tmp_path_factory.mktemp("reference")
-    config = importlib.import_module("configs.batchnorm").get_config()
-    config.update(RUN, data_dir=tfds_dir, progress=False)
-    train_to_end(config, workdir)
-    return workdir
+    return uninterrupted_run(tmp_path_factory.mktemp("reference"), tfds_dir, RUN)
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(reference_run, tfds_dir, tmp_path,

@@ -4,7 +4,6 @@ The runs here are LeNet-BN on the bundled sample at 28x28, batch 32: 31 steps an
 second each, so that a soak of several killed processes stays near a minute.
 """
 import errno
-import importlib
 import json
 import os
 import random
@@ -19,7 +18,7 @@ import pytest
 from flaxcnn import checkpoint, trainer
 from flaxcnn.errors import UserError
 from flaxcnn.workdir_lock import LOCK_NAME, WorkdirLock
-from tests.conftest import REPO, train_to_end
+from tests.conftest import REPO, train_to_end, uninterrupted_run
 from tests.test_checkpoint import assert_bit_identical, finish, latest, metrics_without_timing
 
 RUN = {"dataset": "fashion_mnist_sample", "batch_size": 32, "num_epochs": 3}
@@ -54,11 +53,7 @@ def sample_config(make_config):
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tfds_dir):
     """The uninterrupted run that interrupted ones must reproduce bit for bit."""
-    workdir = tmp_path_factory.mktemp("reference")
-    config = importlib.import_module("configs.batchnorm").get_config()
-    config.update(RUN, data_dir=tfds_dir, progress=False)
-    train_to_end(config, workdir)
-    return workdir
+    return uninterrupted_run(tmp_path_factory.mktemp("reference"), tfds_dir, RUN)
 
 
 # --- two runs, one workdir -------------------------------------------------------------------
