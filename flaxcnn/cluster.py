@@ -187,7 +187,8 @@ def lost_peer(error: BaseException, wait_seconds: float) -> None:
 
 # ----------------------------------------------------------------------------- the output filter
 
-_NOISE = re.compile(r"^\[Gloo\] Rank \d+ is connected")
+# gloo's "[Gloo] Rank N is connected to M peer ranks ..." lines, which its threads may interleave
+_NOISE = re.compile(r"\[Gloo\] Rank|connected peer ranks")
 _RUNTIME_FATAL = re.compile(r"^[EF]\d{4} .*(coordination_service|client\.h|distributed)")
 
 
@@ -248,7 +249,7 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
                     os.write(routes[fd], raw)
                 elif fatal or _RUNTIME_FATAL.match(line):
                     fatal.append(line)
-                elif not _NOISE.match(line):
+                elif not _NOISE.search(line):
                     os.write(routes[fd], raw)
     if fatal and not said_error:
         log = "".join(fatal)

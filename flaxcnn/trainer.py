@@ -224,7 +224,8 @@ class Trainer:
             t0 = time.perf_counter()
             self.save()
             if record is None:  # nothing left to train: the pictures show the restored model
-                record, predictions = self.evaluation_record()
+                evaluated, predictions = self.evaluation_record()
+                record = (outputs.records() or [evaluated])[-1]
             images, labels = self.pipeline.preview(outputs.preview_count)
             outputs.finish(images, labels, predictions)
             outputs.wait_for_pictures()

@@ -248,3 +248,12 @@ def test_only_an_unfinished_save_starts_afresh_and_keeps_it(sample_config, tmp_p
     assert f"skipping the unfinished checkpoint {unfinished}" in captured.err
     assert "resuming" not in captured.out
     assert unfinished.is_dir() and (tmp_path / "checkpoints" / "31").is_dir()
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_returns_its_last_epoch(sample_config,
+                                                                           tmp_path):
+    first = train_to_end(sample_config(num_epochs=1), tmp_path)
+    again = train_to_end(sample_config(num_epochs=1), tmp_path)
+    assert again == first  # the last epoch's record, read back from metrics.jsonl
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["31"]
