@@ -144,7 +144,7 @@ def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
     for start, n in ((0, 1), (1, 1), (2, steps)):  # compiles; warm; timed
         t0 = time.perf_counter()
         replicated, totals = chunk(replicated, totals, train_data.images, train_data.labels, perm,
-                                   train_data.local_index, jax.random.PRNGKey(2), start, n)
+                                   jax.random.PRNGKey(2), start, n)
         jax.block_until_ready(totals)
         seconds.append(time.perf_counter() - t0)
     return max(seconds[0] - seconds[1], 0.0), seconds[2] / steps

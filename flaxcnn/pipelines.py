@@ -142,7 +142,7 @@ class DevicePipeline:
 
         def run_steps(state, totals, first, count):
             return self.train_chunk(state, totals, data.images, data.labels, perm,
-                                    data.local_index, self.dropout_key, first, count)
+                                    self.dropout_key, first, count)
 
         return timed_chunks(run_steps, state, totals, start_step=start_step,
                             steps_per_epoch=self.steps_per_epoch, timer=self.timer)

@@ -186,7 +186,7 @@ class StepConfig:
 
 
 def make_train_chunk(cfg: StepConfig, devices=None):
-    """`chunk(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps)`.
+    """`chunk(state, totals, images, labels, perm, dropout_key, start, num_steps)`.
 
     Runs steps start .. start+num_steps-1 of the epoch (all of them pmapped, none waited for).
     `images`/`labels` are the whole training set on every device (of every process), `perm` the
@@ -197,16 +197,15 @@ def make_train_chunk(cfg: StepConfig, devices=None):
     b = cfg.batch_per_device
     positions = example_positions(b, len(devices) if devices else jax.device_count())
 
-    def batch_at(images, labels, perm, local_index, i):
-        del local_index  # the position comes from the pmap axis, across processes
+    def batch_at(images, labels, perm, i):  # the position comes from the pmap axis
         idx = perm[positions(i)]
         return images[idx], labels[idx]
 
     if cfg.device_loop:
-        def loop(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps):
+        def loop(state, totals, images, labels, perm, dropout_key, start, num_steps):
             def body(carry):
                 i, state, totals = carry
-                batch = batch_at(images, labels, perm, local_index, i)
+                batch = batch_at(images, labels, perm, i)
                 return (i + 1, *counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs))
 
             def cond(carry):
@@ -216,19 +215,19 @@ def make_train_chunk(cfg: StepConfig, devices=None):
             _, state, totals = lax.while_loop(cond, body, (jnp.int32(start), state, totals))
             return state, totals
 
-        return jax.pmap(loop, AXIS, in_axes=(0, 0, 0, 0, 0, 0, None, None, None), devices=devices,
+        return jax.pmap(loop, AXIS, in_axes=(0, 0, 0, 0, 0, None, None, None), devices=devices,
                         donate_argnums=(0, 1))
 
-    def one_step(state, totals, images, labels, perm, local_index, dropout_key, i):
-        batch = batch_at(images, labels, perm, local_index, i)
+    def one_step(state, totals, images, labels, perm, dropout_key, i):
+        batch = batch_at(images, labels, perm, i)
         return counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs)
 
-    step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, 0, 0, None, None), devices=devices,
+    step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, 0, None, None), devices=devices,
                     donate_argnums=(0, 1))
 
-    def dispatch(state, totals, images, labels, perm, local_index, dropout_key, start, num_steps):
+    def dispatch(state, totals, images, labels, perm, dropout_key, start, num_steps):
         for i in range(start, start + num_steps):
-            state, totals = step(state, totals, images, labels, perm, local_index, dropout_key,
+            state, totals = step(state, totals, images, labels, perm, dropout_key,
                                  np.int32(i))
         return state, totals
 

@@ -48,7 +48,7 @@ def train_steps(num_devices, *, global_batch, chunks, sync_batch_stats=True, lr=
     start = 0
     for n in chunks:
         state, totals = chunk(state, totals, device_data.images, device_data.labels, perm,
-                              device_data.local_index, jax.random.PRNGKey(2), start, n)
+                              jax.random.PRNGKey(2), start, n)
         start += n
     return training.unreplicate(state), training.unreplicate(totals)
 
