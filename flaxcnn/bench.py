@@ -216,23 +216,28 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}",
           file=sys.stderr, flush=True)
-    results = []
-    for name in names:
-        results.append(bench_model(name, batch_size=args.batch_size, dtype=args.dtype,
-                                   steps=args.steps, e2e=args.e2e, image_size=args.image_size,
-                                   train_examples=args.train_examples, device_loop=device_loop))
-        print(f"{name}: {results[-1]['images_per_sec']:,.0f} images/s", file=sys.stderr,
-              flush=True)
-    print(table(results))
     report = {"date": time.strftime("%Y-%m-%d"), "device_kind": device.device_kind,
               "platform": device.platform, "devices": jax.device_count(),
               "jax": jax.__version__, "python": platform.python_version(),
               "command": " ".join(["python -m flaxcnn.bench", *(argv or sys.argv[1:])]),
-              "results": results}
+              "results": []}
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+    for name in names:
+        report["results"].append(bench_model(
+            name, batch_size=args.batch_size, dtype=args.dtype, steps=args.steps, e2e=args.e2e,
+            image_size=args.image_size, train_examples=args.train_examples,
+            device_loop=device_loop))
+        print(f"{name}: {report['results'][-1]['images_per_sec']:,.0f} images/s",
+              file=sys.stderr, flush=True)
+        write_report(report, args.json)  # after each model: a run cut short keeps what it measured
+    print(table(report["results"]))
     return 0
+
+
+def write_report(report: dict, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

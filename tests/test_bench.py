@@ -28,6 +28,24 @@ def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys, monkeypatch):
     assert "| lenet_bn | 16" in capsys.readouterr().out
 
 
+def test_bench_keeps_each_models_result_when_a_later_one_fails(tmp_path, monkeypatch):
+    """A device call cut short (time limit, out of memory) still returns what it measured."""
+    measured = bench.bench_model
+
+    def second_fails(name, **kwargs):
+        if name == "nin":
+            raise MemoryError("out of device memory")
+        return measured(name, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_model", second_fails)
+    out = tmp_path / "bench.json"
+    with pytest.raises(MemoryError):
+        bench.main(["--models", "lenet_bn,nin", "--steps", "2", "--image-size", "16",
+                    "--batch-size", "8", "--train-examples", "96", f"--json={out}"])
+    assert [r["model"] for r in json.loads(out.read_text())["results"]] == ["lenet_bn"]
+    assert not (tmp_path / "bench.json.tmp").exists()
+
+
 def test_bench_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "lenet7"])
