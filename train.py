@@ -48,6 +48,7 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax and tfds log every step of a save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    training.reserve_cpu_threads_for_collectives()
     training.use_compilation_cache(FLAGS.compilation_cache)
     try:
         join_cluster()  # before anything touches the devices

@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model {', '.join(unknown)}; use any of: {', '.join(models.names())}")
     device_loop = {"auto": None, "on": True, "off": False}[args.device_loop]
+    training.reserve_cpu_threads_for_collectives()
     device = jax.devices()[0]
     print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}",
           file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any, Sequence
 
@@ -370,6 +371,26 @@ def use_compilation_cache(directory: str | None):
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def reserve_cpu_threads_for_collectives(environ=os.environ) -> int | None:
+    """Gives XLA:CPU two threads per device when XLA_FLAGS fakes more CPU devices than there are
+    cores; call it before the first use of the devices. Returns the thread count it set, or None.
+
+    XLA:CPU sizes its thread pools at max(cores, devices). A pmapped psum blocks one pool thread per
+    device until every device arrives; with as many threads as devices, the last device can find
+    its convolution's work queued behind the blocked threads, and XLA aborts the run after 40 s
+    ("Termination timeout for all reduce ... only 3 of them arrived"; seen once in CI with 4
+    devices on 2 cores). PJRT_NPROC, read when the CPU client starts, sets the pool size; one
+    already in the environment is left alone.
+    """
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", environ.get("XLA_FLAGS", ""))
+    devices = int(match.group(1)) if match else 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if devices < 2 or "PJRT_NPROC" in environ or (cores or 1) > devices:
+        return None
+    environ["PJRT_NPROC"] = str(2 * devices)
+    return 2 * devices
 
 
 _compilations = {"programs": 0, "seconds": 0.0, "from_cache": 0}

@@ -17,6 +17,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 
 import pytest  # noqa: E402
 
+from flaxcnn import training  # noqa: E402
+
+training.reserve_cpu_threads_for_collectives()  # 4 devices on a 2-core CI machine (see its docstring)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One config per chapter section: every file of configs/ but the shared default.
 CONFIG_NAMES = sorted(p.stem for p in Path(REPO, "configs").glob("*.py")

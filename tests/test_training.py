@@ -1,5 +1,8 @@
 """The pmapped train and eval functions on 4 fake CPU devices (see conftest.py)."""
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +10,7 @@ import numpy as np
 import pytest
 
 from flaxcnn import pipelines, training
+from tests.conftest import REPO
 
 IMAGE = (12, 12, 1)
 
@@ -162,3 +166,40 @@ def test_unknown_optimizer_or_schedule_is_refused(field, value):
     kwargs = {"optimizer": "sgd", "learning_rate": 0.1, field: value}
     with pytest.raises(ValueError, match=value):
         training.create_optimizer(**kwargs)
+
+
+@pytest.mark.parametrize("xla_flags, cores, environ_nproc, want", [
+    ("--xla_force_host_platform_device_count=4", 2, None, "8"),    # CI: 4 fake devices, 2 cores
+    ("--xla_force_host_platform_device_count=4", 4, None, "8"),    # as many cores as devices
+    ("--xla_force_host_platform_device_count=4", 16, None, None),  # spare cores already
+    ("", 2, None, None),                                           # one device: no collective
+    ("--xla_force_host_platform_device_count=4", 2, "3", "3"),     # the user's setting stays
+])
+def test_cpu_threads_for_collectives(monkeypatch, xla_flags, cores, environ_nproc, want):
+    monkeypatch.setattr(training.os, "sched_getaffinity", lambda pid: set(range(cores)),
+                        raising=False)
+    environ = {"XLA_FLAGS": xla_flags, **({"PJRT_NPROC": environ_nproc} if environ_nproc else {})}
+    set_now = training.reserve_cpu_threads_for_collectives(environ)
+    assert environ.get("PJRT_NPROC") == want
+    assert set_now == (int(want) if want and not environ_nproc else None)
+
+
+def test_cpu_threads_for_collectives_reach_xla():
+    """The pool XLA:CPU really starts: 8 compute threads for 4 devices on a (pretended) 2-core host."""
+    code = ("import collections, os\n"
+            "os.sched_getaffinity = lambda pid: {0, 1}\n"
+            "from flaxcnn import training\n"
+            "training.reserve_cpu_threads_for_collectives()\n"
+            "import jax, jax.numpy as jnp\n"
+            "total = jax.pmap(lambda x: jax.lax.psum(x.sum(), 'i'), 'i')(jnp.ones((4, 64, 64)))\n"
+            "assert float(total[0]) == 4 * 64 * 64\n"
+            "task = f'/proc/{os.getpid()}/task'\n"
+            "names = collections.Counter(open(f'{task}/{t}/comm').read().strip() "
+            "for t in os.listdir(task))\n"
+            "print(os.environ['PJRT_NPROC'], names['tf_XLAEigen'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["8", "8"]
