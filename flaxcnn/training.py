@@ -374,8 +374,8 @@ def use_compilation_cache(directory: str | None):
 
 
 def reserve_cpu_threads_for_collectives(environ=os.environ) -> int | None:
-    """Gives XLA:CPU two threads per device when XLA_FLAGS fakes more CPU devices than there are
-    cores; call it before the first use of the devices. Returns the thread count it set, or None.
+    """Gives XLA:CPU two threads per device when XLA_FLAGS fakes at least as many CPU devices as
+    there are cores; call it before the first use of the devices. Returns the count it set, or None.
 
     XLA:CPU sizes its thread pools at max(cores, devices). A pmapped psum blocks one pool thread per
     device until every device arrives; with as many threads as devices, the last device can find
@@ -384,8 +384,9 @@ def reserve_cpu_threads_for_collectives(environ=os.environ) -> int | None:
     devices on 2 cores). PJRT_NPROC, read when the CPU client starts, sets the pool size; one
     already in the environment is left alone.
     """
-    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", environ.get("XLA_FLAGS", ""))
-    devices = int(match.group(1)) if match else 1
+    counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                        environ.get("XLA_FLAGS", ""))
+    devices = int(counts[-1]) if counts else 1  # XLA takes the last
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if devices < 2 or "PJRT_NPROC" in environ or (cores or 1) > devices:
         return None

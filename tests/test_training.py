@@ -173,6 +173,8 @@ def test_unknown_optimizer_or_schedule_is_refused(field, value):
     ("--xla_force_host_platform_device_count=4", 4, None, "8"),    # as many cores as devices
     ("--xla_force_host_platform_device_count=4", 16, None, None),  # spare cores already
     ("", 2, None, None),                                           # one device: no collective
+    ("--xla_force_host_platform_device_count=4 --xla_force_host_platform_device_count=1", 2, None,
+     None),                                                        # XLA takes the last
     ("--xla_force_host_platform_device_count=4", 2, "3", "3"),     # the user's setting stays
 ])
 def test_cpu_threads_for_collectives(monkeypatch, xla_flags, cores, environ_nproc, want):
