@@ -187,8 +187,11 @@ def lost_peer(error: BaseException, wait_seconds: float) -> None:
 
 # ----------------------------------------------------------------------------- the output filter
 
-# gloo's "[Gloo] Rank N is connected to M peer ranks ..." lines, which its threads may interleave
-_NOISE = re.compile(r"\[Gloo\] Rank|connected peer ranks")
+# gloo's "[Gloo] Rank N is connected to M peer ranks. Expected number of connected peer ranks is :
+# M" lines. Its threads write them in pieces, so two may share a line and leave a bare newline
+# after it; the piece that ends a message is written whole.
+_NOISE = re.compile(r"\[Gloo\] Rank|connected peer ranks| peer ranks\. | is connected to ")
+_GLOO_MESSAGE_END = "Expected number of connected peer ranks is :"
 _RUNTIME_FATAL = re.compile(r"^[EF]\d{4} .*(coordination_service|client\.h|distributed)")
 
 
@@ -228,6 +231,7 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
     import selectors
 
     fatal, said_error, partial = [], False, {fd: b"" for fd in routes}
+    gloo_newlines_owed = {fd: 0 for fd in routes}  # gloo messages whose newline is still to come
     selector = selectors.DefaultSelector()
     for fd in routes:
         selector.register(fd, selectors.EVENT_READ)
@@ -249,7 +253,12 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
                     os.write(routes[fd], raw)
                 elif fatal or _RUNTIME_FATAL.match(line):
                     fatal.append(line)
-                elif not _NOISE.search(line):
+                elif _NOISE.search(line):
+                    gloo_newlines_owed[fd] = max(
+                        0, gloo_newlines_owed[fd] + line.count(_GLOO_MESSAGE_END) - 1)
+                elif line == "\n" and gloo_newlines_owed[fd]:
+                    gloo_newlines_owed[fd] -= 1
+                else:
                     os.write(routes[fd], raw)
     if fatal and not said_error:
         log = "".join(fatal)

@@ -315,3 +315,51 @@ def test_explicit_cluster_flags_come_together():
         cluster.join(coordinator_address="localhost:1234")
     with pytest.raises(UserError, match="must be HOST:PORT"):
         cluster.join(coordinator_address="localhost", num_processes=2, process_id=0)
+
+
+GLOO = b"[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1"
+
+
+def filtered(*chunks: bytes) -> tuple[bytes, bytes]:
+    """What the output filter lets through of `chunks` written to one of its pipes: (out, err)."""
+    from flaxcnn import cluster
+
+    (source_read, source_write), (out_read, out_write), (err_read, err_write) = (
+        os.pipe(), os.pipe(), os.pipe())
+    for chunk in chunks:
+        os.write(source_write, chunk)
+    os.close(source_write)
+    cluster._run_filter({source_read: out_write}, err_write, "not joined")
+    os.close(out_write)
+    os.close(err_write)
+    with os.fdopen(out_read, "rb") as out, os.fdopen(err_read, "rb") as err:
+        return out.read(), err.read()
+
+
+@pytest.mark.parametrize("chunks", [
+    (GLOO + b"\n",),
+    (GLOO + b"\n", GLOO + b"\n"),
+    # two threads' pieces in one line, then both their newlines: nothing of them may show
+    (b"[Gloo] Rank 1", b"[Gloo] Rank 1", b" is connected to 1 peer ranks. ",
+     b" is connected to 1 peer ranks. ", b"Expected number of connected peer ranks is : ",
+     b"Expected number of connected peer ranks is : ", b"1", b"1", b"\n", b"\n"),
+    # one thread's newline split its neighbour's message
+    (b"[Gloo] Rank 1 is connected to 1 peer ranks. ", GLOO + b"\n",
+     b"Expected number of connected peer ranks is : 1\n"),
+])
+def test_output_filter_drops_gloos_lines_however_its_threads_interleave_them(chunks):
+    assert filtered(b"before\n", *chunks, b"after\n") == (b"before\nafter\n", b"")
+
+
+def test_output_filter_keeps_blank_lines_of_its_own():
+    """Only the newlines gloo still owes are dropped (the SIGTERM message starts with one)."""
+    assert filtered(GLOO + b"\n", b"\n", b"SIGTERM: finishing\n") == (
+        b"\nSIGTERM: finishing\n", b"")
+    assert filtered(b"epoch 1\n", b"\n", b"\n") == (b"epoch 1\n\n\n", b"")
+
+
+def test_output_filter_turns_the_runtimes_abort_into_one_line():
+    out, err = filtered(b"epoch 1\n", b"F1128 04:52:50.2 1 coordination_service.cc:1] Task 1 "
+                        b"heartbeat timeout\n", b"*** Check failure stack trace: ***\n")
+    assert out == b"epoch 1\n"
+    assert err.decode().startswith("error: lost process 1 of the cluster") and err.count(b"\n") == 1
