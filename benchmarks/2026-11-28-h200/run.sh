@@ -1,6 +1,7 @@
 #!/bin/bash
 # One device call: flaxcnn.bench then the PyTorch peer, each within its share of the call's time.
 # $1: flaxcnn models, $2: seconds for flaxcnn, $3: peer PLAN ("" = skip the peer), $4: seconds for the peer
+# Run from the repository root with ../shared/bench/torch_anchor.py copied into .peer/; results go to $OUT.
 set -u
 date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
