@@ -43,18 +43,22 @@ class CheckpointWriteError(UserError):
 
 
 class _OrbaxErrorLogs(logging.Filter):
-    """Drops Orbax's own ERROR logs (each with a traceback): every failure they describe reaches
-    `Checkpoints` as an exception and is reported there in one line."""
+    """Drops Orbax's own ERROR logs (each with a traceback), and asyncio's "Task exception was never
+    retrieved" for Orbax's write tasks (a failed save leaves its other writes' errors unread, and
+    asyncio reports them when the tasks are collected, after the run's last line): every failure
+    they describe reaches `Checkpoints` as an exception and is reported there in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        orbax = f"{os.sep}orbax{os.sep}"
         return not (record.levelno >= logging.ERROR
-                    and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+                    and (orbax in (record.pathname or "")
+                         or record.name == "asyncio" and orbax in record.getMessage()))
 
 
 def _fold_orbax_error_logs():
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxErrorLogs) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxErrorLogs())
+    for logger in (logging.getLogger("absl"), logging.getLogger("asyncio")):
+        if not any(isinstance(f, _OrbaxErrorLogs) for f in logger.filters):
+            logger.addFilter(_OrbaxErrorLogs())
     if not getattr(sys.unraisablehook, "folds_closed_loop_callbacks", False):
         sys.unraisablehook = _without_closed_loop_callbacks(sys.unraisablehook)
 
