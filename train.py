@@ -22,7 +22,7 @@ from ml_collections import config_flags
 import jax
 
 from flaxcnn import cluster, trainer, training
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, error_line
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/nin.py.",
@@ -69,7 +69,7 @@ def main(argv) -> int:
                   f"{workdir}", flush=True)
         return stop.exit_code
     except UserError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(error_line(e))
     except Exception as e:  # a collective failed: another process probably died
         cluster.lost_peer(e, wait_seconds=FLAGS.heartbeat_timeout_seconds + 10)
         raise
@@ -97,7 +97,7 @@ def parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        sys.exit(f"error: {str(e).strip().splitlines()[0]}")
+        sys.exit(error_line(e))
     except (AttributeError, KeyError) as e:
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         sys.exit(f"error: unknown config field {e} (in {', '.join(bad)}); the fields are in "

@@ -26,16 +26,12 @@ import jax
 import orbax.checkpoint as ocp
 
 from flaxcnn import cluster, tree_compare
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, first_line, warn
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Changing one of these on resume would silently make it a different experiment.
 FIXED_ON_RESUME = ("model", "model_overrides", "dataset", "idx_dir", "image_size", "batch_size",
                    "seed")
-
-
-def warn(message: str):
-    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class CheckpointWriteError(UserError):
@@ -146,7 +142,7 @@ class Checkpoints:
         if "No space left on device" in text or getattr(error, "errno", None) == errno.ENOSPC:
             reason = "no space left on device"
         else:
-            reason = (text.strip().splitlines() or [type(error).__name__])[0][:200]
+            reason = first_line(error)
         for path in self.unfinished():
             if path.name.split(".")[0] in {str(step) for step in self._started}:
                 shutil.rmtree(path, ignore_errors=True)
@@ -192,7 +188,7 @@ class Checkpoints:
         if jax.process_index() == 0:  # the workdir is shared: one process moves it
             self.damaged_directory.mkdir(parents=True, exist_ok=True)
             shutil.move(source, destination)
-            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            reason = first_line(error)
             warn(f"checkpoint {source} is damaged ({reason}); moved it to {destination} and "
                  "trying an older one")
         cluster.sync(f"set aside {step}")

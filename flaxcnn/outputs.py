@@ -10,7 +10,6 @@ import contextlib
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import jax
 from tqdm import tqdm
 
 from flaxcnn import plots, summary
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, first_line, warn
 from flaxcnn.phases import phase
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
@@ -196,9 +195,7 @@ def best_effort(what: str, path):
     try:
         yield
     except Exception as e:  # pylint: disable=broad-except  # a full disk, a plotting bug
-        text = (str(e).strip().splitlines() or [""])[0][:200]
-        print(f"warning: could not {what} {path} ({type(e).__name__}: {text}); training goes on",
-              file=sys.stderr, flush=True)
+        warn(f"could not {what} {path} ({first_line(e, with_type=True)}); training goes on")
 
 
 class EpochProgress:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxcnn import checkpoint, cluster, datasets, models, pipelines, training
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, first_line, warn
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 from flaxcnn.phases import phase
 from flaxcnn.workdir_lock import WorkdirLock
@@ -161,7 +161,7 @@ class Trainer:
                 sync_batch_stats=config.sync_batch_stats,
                 model_overrides=config.model_overrides.to_dict())
         except (ValueError, TypeError) as e:  # a bad override, or the model's input-size check
-            raise UserError(str(e).splitlines()[0]) from None
+            raise UserError(first_line(e)) from None
         data_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
         return checkpoint_tree(self.state, data_key, dropout_key, training.zero_totals())
 
@@ -198,7 +198,7 @@ class Trainer:
         except UserError as e:
             if not quiet:
                 raise
-            checkpoint.warn(str(e))
+            warn(str(e))
         finally:
             if self.lock is not None:
                 self.lock.release()

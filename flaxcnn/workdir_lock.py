@@ -16,11 +16,10 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, warn
 
 LOCK_NAME = ".flaxcnn-lock"
 
@@ -43,8 +42,8 @@ class WorkdirLock:
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                print(f"warning: cannot lock workdir {workdir} ({e.strerror}): nothing stops a "
-                      "second run from using it at the same time", file=sys.stderr, flush=True)
+                warn(f"cannot lock workdir {workdir} ({e.strerror}): nothing stops a second run "
+                     "from using it at the same time")
                 return lock
             raise UserError(f"workdir {workdir} is in use by another run ({lock.holder()}); wait "
                             "for it to finish or stop it, or pass another --workdir") from None

@@ -26,7 +26,8 @@ from flaxcnn.datasets import idx as idx_lib
 from flaxcnn.datasets.builders import (IDX_DATASETS, SAMPLE_NAME, DataError, FashionMnistSample,
                                        IdxConfig, IdxImageBuilder, IdxImages)
 from flaxcnn.datasets.dataset import Dataset, DatasetInfo
-from flaxcnn.datasets.tf_setup import count, first_line, quiet, tensorflow
+from flaxcnn.errors import first_line
+from flaxcnn.datasets.tf_setup import count, quiet, tensorflow
 
 IDX_SUBDIR = "flaxcnn_idx"
 DOWNLOAD_HOST = ("storage.googleapis.com", 443)
@@ -162,7 +163,7 @@ def _tfds_builder(name: str, data_dir: str | None):
     except tfds_registered.DatasetNotFoundError:
         raise _unknown_dataset(name) from None
     except Exception as e:  # pylint: disable=broad-except  # e.g. a bad config/version
-        raise DataError(f"cannot open tfds dataset {name!r}: {first_line(e)}") from e
+        raise DataError(f"cannot open tfds dataset {name!r}: {first_line(e, with_type=True)}") from e
 
 
 def _idx_builder(name: str, idx_dir: str, data_dir: str | None):
@@ -194,7 +195,7 @@ def _parse_name(name: str):
     try:
         return tfds.core.naming.parse_builder_name_kwargs(name)[0]
     except Exception as e:  # pylint: disable=broad-except
-        raise DataError(f"cannot parse dataset name {name!r}: {first_line(e)}") from e
+        raise DataError(f"cannot parse dataset name {name!r}: {first_line(e, with_type=True)}") from e
 
 
 def _unknown_dataset(name: str) -> DataError:
@@ -238,7 +239,7 @@ def _prepare(builder, name: str, **kwargs) -> None:
     except Exception as e:  # pylint: disable=broad-except  # one clear line for train.py
         raise DataError(
             f"could not download and prepare dataset {name!r} into {builder.data_dir_root}: "
-            f"{first_line(e)}"
+            f"{first_line(e, with_type=True)}"
         ) from e
 
 

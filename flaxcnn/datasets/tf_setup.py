@@ -52,11 +52,6 @@ def quiet():
             logger.setLevel(level)
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def count(ds) -> int:
     """Examples in a tf.data dataset: its cardinality, else by counting."""
     n = int(ds.cardinality())
