@@ -9,7 +9,7 @@ Run it again with the same --workdir to resume. What it writes is listed in the 
 from __future__ import annotations
 
 import difflib
-import importlib.util
+import logging as logging_lib
 import sys
 import time
 import traceback
@@ -21,8 +21,8 @@ from ml_collections import config_flags
 
 import jax
 
-from flaxcnn import cluster, trainer, training
-from flaxcnn.errors import UserError, error_line
+from flaxcnn import cluster, runtime, trainer
+from flaxcnn.errors import UserError, error_line, first_line
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/nin.py.",
@@ -39,7 +39,7 @@ flags.DEFINE_list("local_device_ids", None, "The devices this process uses, e.g.
 flags.DEFINE_integer("initialization_timeout", 60, "Seconds to wait for every process to join.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 60, "A process silent this long is lost: the "
                      "others stop (checkpoints are kept).")
-flags.DEFINE_string("compilation_cache", training.default_compilation_cache(),
+flags.DEFINE_string("compilation_cache", runtime.default_compilation_cache(),
                     "JAX's persistent compilation cache, so that a rerun compiles nothing; "
                     "'off' turns it off.")
 
@@ -48,8 +48,8 @@ def main(argv) -> int:
     logging.set_verbosity(logging.WARNING)  # Orbax and tfds log every step of a save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    training.reserve_cpu_threads_for_collectives()
-    training.use_compilation_cache(FLAGS.compilation_cache)
+    runtime.reserve_cpu_threads_for_collectives()
+    runtime.use_compilation_cache(FLAGS.compilation_cache)
     try:
         join_cluster()  # before anything touches the devices
         config = FLAGS.config
@@ -93,65 +93,57 @@ def join_cluster():
 
 def parse_flags(argv):
     """absl flag parsing, with config mistakes as one-line errors instead of tracebacks."""
-    check_config_file(argv)
+    path = config_file_argument(argv)
+    if path is not None and not Path(path).is_file():
+        sys.exit(missing_config_file(path))
+    quiet = logging_lib.getLogger("absl")  # ml_collections' own warnings would add a second line
+    level, quiet.level = quiet.level, logging_lib.ERROR
     try:
-        return FLAGS(argv)
+        parsed = FLAGS(argv)
     except flags.Error as e:
         sys.exit(error_line(e))
-    except (AttributeError, KeyError) as e:
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        sys.exit(f"error: unknown config field {e} (in {', '.join(bad)}); the fields are in "
+    except Exception as e:  # pylint: disable=broad-except  # anything in the user's file
+        in_file = path is not None and [f for f in traceback.extract_tb(e.__traceback__)
+                                        if Path(f.filename).resolve() == Path(path).resolve()]
+        if isinstance(e, (AttributeError, KeyError)) and not in_file:
+            bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+            sys.exit(f"error: unknown config field {e} (in {', '.join(bad)}); the fields are in "
+                     "configs/default.py")
+        line = e.lineno if isinstance(e, SyntaxError) else in_file[-1].lineno if in_file else None
+        reason = f"SyntaxError: {e.msg}" if isinstance(e, SyntaxError) else first_line(
+            e, with_type=True)
+        sys.exit(f"error: config file {path} does not load ({reason}"
+                 + (f" at line {line}" if line else "") + "); fix it, or start from "
                  "configs/default.py")
+    finally:
+        quiet.level = level
+    if path is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
+        sys.exit(f"error: get_config() in {path} returned {type(FLAGS.config).__name__}, not a "
+                 "ConfigDict; return the config (see configs/default.py)")
+    return parsed
 
 
 def config_file_argument(argv) -> str | None:
-    """The value of --config (--config=PATH or --config PATH) in `argv`, the last one if repeated."""
+    """The file of --config (--config=PATH[:ARG] or --config PATH[:ARG]), the last one if repeated."""
     path = None
     for i, arg in enumerate(argv[1:], start=1):
         if arg in ("--config", "-config") and i + 1 < len(argv):
             path = argv[i + 1]
         elif arg.startswith(("--config=", "-config=")):
             path = arg.split("=", 1)[1]
-    return path
+    return path.partition(":")[0] if path is not None else None
 
 
-def check_config_file(argv):
-    """Exits with one line if the --config file is missing or does not load: ml_collections would
-    defer the first as an error on first use and show the others as tracebacks of its own."""
-    argument = config_file_argument(argv)
-    if argument is None:
-        return
-    path, _, arg = argument.partition(":")
-    if not Path(path).is_file():
-        known = sorted(str(p) for p in Path(__file__).parent.glob("configs/*.py")
-                       if p.stem != "__init__")
-        close = difflib.get_close_matches(path, [str(Path(p).relative_to(Path(__file__).parent))
-                                                 for p in known], n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        problem = "is not a file" if Path(path).exists() else "does not exist"
-        sys.exit(f"error: config file {path} {problem}; {hint}the configs are in configs/ "
-                 "(e.g. --config configs/nin.py)")
-    try:
-        spec = importlib.util.spec_from_file_location("flaxcnn_config_check", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(*([arg] if arg else []))
-    except Exception as e:  # pylint: disable=broad-except  # anything in the user's file
-        where = ""
-        if isinstance(e, SyntaxError) and e.lineno:
-            where = f" at line {e.lineno}"
-        else:
-            frames = [f for f in traceback.extract_tb(e.__traceback__)
-                      if Path(f.filename).resolve() == Path(path).resolve()]
-            if frames:
-                where = f" at line {frames[-1].lineno}"
-        text = (e.msg if isinstance(e, SyntaxError) else str(e)).strip().splitlines()
-        reason = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-        sys.exit(f"error: config file {path} does not load ({reason}{where}); fix it, or start "
-                 "from configs/default.py")
-    if not isinstance(config, ml_collections.ConfigDict):
-        sys.exit(f"error: get_config() in {path} returned {type(config).__name__}, not a "
-                 "ConfigDict; return the config (see configs/default.py)")
+def missing_config_file(path: str) -> str:
+    """The one line for a --config that is not a file, with the closest config's name."""
+    here = Path(__file__).parent
+    known = [str(p.relative_to(here)) for p in sorted(here.glob("configs/*.py"))
+             if p.stem != "__init__"]
+    close = difflib.get_close_matches(path, known, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    problem = "is not a file" if Path(path).exists() else "does not exist"
+    return (f"error: config file {path} {problem}; {hint}the configs are in configs/ "
+            "(e.g. --config configs/nin.py)")
 
 
 if __name__ == "__main__":

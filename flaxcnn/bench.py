@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import flops, models, pipelines, training
+from flaxcnn import flops, models, pipelines, replicas, runtime, training
 
 FASHION_MNIST = {"train": 60_000, "test": 10_000, "shape": (28, 28, 1), "classes": 10}
 # Dense (no structured sparsity) bf16 tensor-core/MXU peaks per chip in TFLOP/s, from the vendors'
@@ -137,15 +137,13 @@ def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
     """(compile seconds, seconds per step) of `steps` train steps on data already on the devices."""
     train_data = pipelines.DeviceData(*train_arrays)
     chunk = training.make_train_chunk(cfg)
-    perm = train_data.permutation(jax.random.PRNGKey(1), 0)
-    replicated = training.replicate(state)
-    totals = training.replicate(training.zero_totals())
+    replicated = replicas.replicate(training.RunState.fresh(state, seed=0))
+    perm = train_data.permutation(replicated.data_key, 0)
     seconds = []
     for start, n in ((0, 1), (1, 1), (2, steps)):  # compiles; warm; timed
         t0 = time.perf_counter()
-        replicated, totals = chunk(replicated, totals, train_data.images, train_data.labels, perm,
-                                   jax.random.PRNGKey(2), start, n)
-        jax.block_until_ready(totals)
+        replicated = chunk(replicated, train_data.images, train_data.labels, perm, start, n)
+        jax.block_until_ready(replicated.totals)
         seconds.append(time.perf_counter() - t0)
     return max(seconds[0] - seconds[1], 0.0), seconds[2] / steps
 
@@ -155,16 +153,12 @@ def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:
     steps_per_epoch = len(train_arrays[0]) // batch_size
     pipeline = pipelines.DevicePipeline(train_arrays, test_arrays, cfg,
                                         steps_per_epoch=steps_per_epoch,
-                                        num_test=len(test_arrays[0]),
-                                        data_key=jax.random.PRNGKey(1),
-                                        dropout_key=jax.random.PRNGKey(2))
-    replicated = training.replicate(state)
+                                        num_test=len(test_arrays[0]))
+    replicated = replicas.replicate(training.RunState.fresh(state, seed=0))
     seconds = []
     for epoch in range(2):
         t0 = time.perf_counter()
-        totals = training.replicate(training.zero_totals())
-        for replicated, totals, _ in pipeline.train_chunks(replicated, totals, epoch=epoch,
-                                                           start_step=0):
+        for replicated, _ in pipeline.train_chunks(replicated, epoch=epoch, start_step=0):
             pass
         pipeline.evaluate(replicated)
         seconds.append(time.perf_counter() - t0)
@@ -213,7 +207,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown model {', '.join(unknown)}; use any of: {', '.join(models.names())}")
     device_loop = {"auto": None, "on": True, "off": False}[args.device_loop]
-    training.reserve_cpu_threads_for_collectives()
+    runtime.reserve_cpu_threads_for_collectives()
     device = jax.devices()[0]
     print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}",
           file=sys.stderr, flush=True)

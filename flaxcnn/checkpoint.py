@@ -1,9 +1,9 @@
 """Checkpoints with Orbax: saved asynchronously, resumed from the newest good one, never lost.
 
-A checkpoint holds a host pytree (`state`: parameters, batch statistics, optimizer state, step, rng
-keys, the running sums of a half-finished epoch) and a small JSON `meta` (epoch, step in the epoch,
-the device count it was saved with). Nothing in it depends on the device count, so a checkpoint
-saved on N devices restores on M.
+A checkpoint holds one host pytree, `state`: a `training.RunState` as its `to_tree()` (parameters,
+batch statistics, optimizer state, step, rng keys, the running sums of a half-finished epoch). The
+epoch and the step within it follow from the step (steps per epoch cannot change on resume), and
+nothing in it depends on the device count, so a checkpoint saved on N devices restores on M.
 
 Damage is expected (a killed save, a truncated copy): a checkpoint that fails to restore is moved
 aside to `<workdir>/checkpoints-damaged/` with a warning, never deleted, and the next older one is
@@ -11,7 +11,6 @@ tried. Orbax itself only deletes the oldest checkpoint after a newer one is comp
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import logging
@@ -20,7 +19,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -104,13 +102,26 @@ class Checkpoints:
             return []
         return sorted(p for p in self.directory.iterdir() if TMP_MARKER in p.name)
 
-    def save(self, step: int, state, meta: dict):
-        """Starts writing in the background; returns at once. A failed write (a full disk) is
-        raised as a CheckpointWriteError here or by the next save, wait or close."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        """Closes; a failed write is raised, or, when another error is already on its way, only
+        warned about."""
+        try:
+            self.close()
+        except UserError as e:
+            if error_type is None:
+                raise
+            warn(str(e))
+
+    def save(self, step: int, tree: dict):
+        """Starts writing `tree` (a RunState's `to_tree()`) in the background; returns at once. A
+        failed write (a full disk) is raised as a CheckpointWriteError here or by the next save,
+        wait or close."""
         self._started.add(step)
         try:
-            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave(meta)))
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
         except Exception as e:  # pylint: disable=broad-except  # Orbax raises what it met
             raise self._write_error(e) from None
 
@@ -154,8 +165,8 @@ class Checkpoints:
                                     f"({reason}); {kept}: free some space (or fix the cause) and "
                                     "rerun the same command")
 
-    def restore_latest(self, target) -> tuple[object, dict] | None:
-        """The newest checkpoint that restores into the structure of `target`, as (state, meta).
+    def restore_latest(self, target: dict) -> dict | None:
+        """The newest checkpoint's tree that restores into the structure of `target`.
 
         Damaged checkpoints are reported and set aside; None if no good one. A checkpoint that
         reads but whose tree does not fit `target` (the code of the model changed) is refused with
@@ -176,8 +187,8 @@ class Checkpoints:
                     "new --workdir (the checkpoint is left as it is)")
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-                return restored["state"], dict(restored["meta"])
+                    state=ocp.args.StandardRestore(target)))
+                return restored["state"]
             except Exception as e:  # any failure to read it back means it is unusable
                 self._set_aside(step, e)
         return None
@@ -208,26 +219,14 @@ def require_writable(workdir: Path):
                         "pass --workdir=DIR with a folder you can write to") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Start:
-    """Where a run starts: its checkpoints, the state tree, and the position in training."""
-    checkpoints: Checkpoints
-    tree: dict
-    epoch: int = 0
-    step_in_epoch: int = 0
-    restored_step: int | None = None  # the checkpoint's step, None for a fresh start
+def decide_resume(config, workdir: Path, checkpoints: Checkpoints) -> bool:
+    """The resume policy: whether this run resumes from `checkpoints` (True) or starts afresh.
 
-
-def restore_or_start(config, workdir: Path, fresh: Callable[[], dict]) -> Start:
-    """The resume policy: the newest good checkpoint in `workdir`, or a fresh start from `fresh()`.
-
-    Refuses (UserError, no file touched) a workdir that cannot be written, checkpoints with
-    ``restore=false``, ``eval_only`` without checkpoints, and a saved config that differs in a field
-    of FIXED_ON_RESUME. These refusals come before `fresh` is called (it reads the data and builds
-    the model), so they are instant; `fresh()` gives the tree that checkpoints restore into.
+    Refuses (UserError, no file touched) checkpoints with ``restore=false``, ``eval_only`` without
+    checkpoints, and a saved config that differs in a field of FIXED_ON_RESUME. It reads only the
+    workdir, never the data, so these refusals are instant. Unfinished saves are skipped with a
+    warning.
     """
-    require_writable(workdir)
-    checkpoints = Checkpoints(workdir, max_to_keep=config.max_checkpoints)
     for path in checkpoints.unfinished():
         warn(f"skipping the unfinished checkpoint {path} (a save was interrupted)")
     resuming = checkpoints.exists()
@@ -240,21 +239,17 @@ def restore_or_start(config, workdir: Path, fresh: Callable[[], dict]) -> Start:
     saved_config = workdir / "config.json"
     if resuming and saved_config.exists():
         compare_with_saved(config, json.loads(saved_config.read_text()))
-    tree = fresh()
-    if not resuming:
-        return Start(checkpoints, tree)
-    restored = checkpoints.restore_latest(tree)
-    if restored is None:
+    return resuming
+
+
+def restore_newest(checkpoints: Checkpoints, fresh):
+    """`fresh` (a RunState) with the values of the newest good checkpoint; a UserError if none is
+    usable (damaged ones are set aside with a warning)."""
+    tree = checkpoints.restore_latest(fresh.to_tree())
+    if tree is None:
         raise UserError(f"no usable checkpoint in {checkpoints.directory} (see the warnings "
                         "above); use a new --workdir to start afresh")
-    tree, meta = restored
-    start = Start(checkpoints, tree, epoch=int(meta["epoch"]),
-                  step_in_epoch=int(meta["step_in_epoch"]), restored_step=int(tree["step"]))
-    if jax.process_index() == 0:
-        print(f"resuming from checkpoint {checkpoints.directory / str(start.restored_step)}: step "
-              f"{start.restored_step}, epoch {start.epoch}"
-              + (f" + {start.step_in_epoch} steps" if start.step_in_epoch else ""), flush=True)
-    return start
+    return fresh.from_tree(tree)
 
 
 def compare_with_saved(config, saved: dict):

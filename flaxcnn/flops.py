@@ -100,20 +100,21 @@ def train_step_flops(state, step_kwargs: dict, batch_per_device: int,
                      image_shape: Sequence[int]) -> float:
     """FLOPs of one device's share of `training.counted_train_step` (uint8 images of
     `image_shape`, a batch of `batch_per_device`); multiply by the device count for a global step.
-    `state` may hold arrays on any device, or shape structs: only shapes and dtypes are read."""
+    `state` (a TrainState) may hold arrays on any device, or shape structs: only shapes and dtypes
+    are read."""
     from flaxcnn import training
 
     images = jax.ShapeDtypeStruct((1, batch_per_device, *image_shape), jnp.uint8)
     labels = jax.ShapeDtypeStruct((1, batch_per_device), jnp.int32)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+    run_state = training.RunState(state, key, key, training.zero_totals())
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *np.shape(x)), x.dtype),
-                       _abstract((state, training.zero_totals())))
+                       _abstract(run_state))
 
     def lower(device):
         devices = [device] if device is not None else jax.local_devices()[:1]
-        step = jax.pmap(
-            lambda s, t, x, y, k: training.counted_train_step(s, t, x, y, k, step_kwargs),
-            training.AXIS, in_axes=(0, 0, 0, 0, None), devices=devices)
-        return step.lower(*one, images, labels, key)
+        step = jax.pmap(lambda s, x, y: training.counted_train_step(s, x, y, step_kwargs),
+                        training.AXIS, devices=devices)
+        return step.lower(one, images, labels)
 
     return count(lower)

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from flaxcnn import plots, summary
 from flaxcnn.errors import UserError, first_line, warn
-from flaxcnn.phases import phase
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
                        "examples_per_sec")
@@ -81,7 +80,7 @@ class Outputs:
         write_atomically(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def record_timing(self, timing: dict):
-        """The run's time, on stdout and in run_info.json under "timing" (see Trainer.timing)."""
+        """The run's time, on stdout and in run_info.json under "timing" (runtime.Chrono.report)."""
         if not self.is_writer:
             return
         compiled = timing["compilations"]
@@ -135,7 +134,7 @@ class Outputs:
         records = self.curves_records
         reference = (self.config.reference_accuracy
                      if self.config.dataset == "fashion_mnist" else None)
-        with best_effort("draw", self.workdir / "curves.png"), phase("plot"):
+        with best_effort("draw", self.workdir / "curves.png"):
             plots.curves(records, self.workdir / "curves.png", reference_accuracy=reference,
                          title=f"{self.config.model} on {self.config.dataset}")
         self.drawn_records = records
@@ -147,12 +146,11 @@ class Outputs:
         names = self.info.class_names
 
         def draw():
-            with phase("plot"):
-                with best_effort("draw", self.workdir / "predictions.png"):
-                    plots.predictions(images, labels, predictions, names,
-                                      self.workdir / "predictions.png")
-                with best_effort("draw", self.workdir / "confusion.png"):
-                    plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
+            with best_effort("draw", self.workdir / "predictions.png"):
+                plots.predictions(images, labels, predictions, names,
+                                  self.workdir / "predictions.png")
+            with best_effort("draw", self.workdir / "confusion.png"):
+                plots.confusion(labels, predictions, names, self.workdir / "confusion.png")
 
         self.painter.submit(draw)
 

@@ -1,15 +1,17 @@
 """Input pipelines: where a run's batches come from, behind one interface.
 
 * :class:`DevicePipeline` holds the whole training set (on every process) and this process's test
-  shard on every device as uint8; each epoch's order is drawn on device from (data key, epoch) and
+  shard on every device as uint8; each epoch's order is drawn on device from the run's data key and
+  the epoch, and
   every step gathers each device's part of the global batch inside the compiled chunk, so the run
   does not depend on the number of processes. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
 * :class:`StreamPipeline` streams batches from tf.data (datasets too large for the devices).
 
-Both offer the same three methods: ``train_chunks`` (the rest of an epoch, one chunk of steps at a
-time, each chunk sized to about a second by one :class:`ChunkTimer`, process 0's size on every
-process), ``evaluate`` (every test example
-of this process once) and ``preview`` (test images and labels for the pictures).
+Both offer the same three methods: ``train_chunks`` (the rest of an epoch for a replicated
+`training.RunState`, one chunk of steps at a time, each chunk sized to about a second by one
+:class:`ChunkTimer`, process 0's size on every process), ``evaluate`` (every test example of this
+process once) and ``preview`` (test images and labels for the pictures). The pipelines hold data,
+never state: keys, parameters and running sums travel in the RunState.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from flaxcnn import cluster, training
-from flaxcnn.training import AXIS
+from flaxcnn import cluster, replicas, training
+from flaxcnn.replicas import AXIS
 
 
 @dataclasses.dataclass
@@ -53,43 +55,34 @@ class ChunkTimer:
             0.5 * self.seconds_per_step + 0.5 * per_step)
 
 
-def timed_chunks(run_steps: Callable, state, totals, *, start_step: int, steps_per_epoch: int,
-                 timer: ChunkTimer) -> Iterator[tuple[Any, Any, int]]:
-    """Runs steps start_step .. steps_per_epoch-1 as `run_steps(state, totals, first, count)` calls,
-    yielding `(state, totals, steps_done)` after each; the caller may stop at any yield."""
+def timed_chunks(run_steps: Callable, state, *, start_step: int, steps_per_epoch: int,
+                 timer: ChunkTimer) -> Iterator[tuple[Any, int]]:
+    """Runs steps start_step .. steps_per_epoch-1 as `run_steps(state, first, count)` calls,
+    yielding `(state, steps_done)` after each; the caller may stop at any yield."""
     step = start_step
     while step < steps_per_epoch:
         # Timings differ between processes; their chunks must not (collectives would hang).
         n = cluster.same_as_process_0(timer.next_size(steps_per_epoch - step))
         t0 = time.perf_counter()
-        state, totals = run_steps(state, totals, step, n)
-        jax.block_until_ready(totals)
+        state = run_steps(state, step, n)
+        jax.block_until_ready(state.totals)
         timer.record(n, time.perf_counter() - t0)
         step += n
-        yield state, totals, step
+        yield state, step
 
 
 # ------------------------------------------------------------------------------- data on the devices
 
 
 def make_permutation(devices=None):
-    """pmapped `(local_index, data_key, epoch, n)` -> the epoch's order of the n examples, drawn on
-    each device from (data_key, epoch) alone, so identical everywhere."""
+    """pmapped `(data_key, epoch, n)` -> the epoch's order of the n examples, drawn on each device
+    from its copy of the run's (replicated) data key and the epoch alone, so identical everywhere."""
 
-    def permutation(local_index, data_key, epoch, n):
-        del local_index  # only gives pmap its device axis
+    def permutation(data_key, epoch, n):
         return jax.random.permutation(jax.random.fold_in(data_key, epoch), n).astype(jnp.int32)
 
-    return jax.pmap(permutation, AXIS, in_axes=(0, None, None, None),
-                    static_broadcasted_argnums=(3,), devices=devices)
-
-
-def local_indices(devices=None):
-    """Each local device's position among the local devices, as a pmapped argument."""
-    devices = list(devices or jax.local_devices())
-    mesh = jax.sharding.Mesh(np.array(devices), (AXIS,))
-    return jax.device_put(np.arange(len(devices), dtype=np.int32),
-                          jax.NamedSharding(mesh, jax.P(AXIS)))
+    return jax.pmap(permutation, AXIS, in_axes=(0, None, None), static_broadcasted_argnums=(2,),
+                    devices=devices)
 
 
 class DeviceData:
@@ -97,13 +90,15 @@ class DeviceData:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, devices=None):
         self.num_examples = len(images)
-        self.images = training.replicate(np.asarray(images, np.uint8), devices)
-        self.labels = training.replicate(np.asarray(labels, np.int32), devices)
-        self.local_index = local_indices(devices)
+        self.images = replicas.replicate(np.asarray(images, np.uint8), devices)
+        self.labels = replicas.replicate(np.asarray(labels, np.int32), devices)
+        local_devices = len(devices) if devices else jax.local_device_count()
+        self.local_index = replicas.per_device(np.arange(local_devices, dtype=np.int32), devices)
         self._permutation = make_permutation(devices)
 
     def permutation(self, data_key, epoch: int):
-        return self._permutation(self.local_index, data_key, epoch, self.num_examples)
+        """The epoch's order, from the run's data key as replicated in its RunState."""
+        return self._permutation(data_key, epoch, self.num_examples)
 
 
 def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) -> int:
@@ -112,7 +107,7 @@ def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) 
 
 def gather_predictions(preds, num_examples: int) -> np.ndarray:
     """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
-    preds = training.local_array(preds)
+    preds = replicas.local_array(preds)
     return preds.transpose(1, 0, 2).reshape(-1)[:num_examples]
 
 
@@ -124,40 +119,33 @@ class DevicePipeline:
     """
 
     def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                 cfg: training.StepConfig, *, steps_per_epoch: int, num_test: int, data_key,
-                 dropout_key):
-        self.steps_per_epoch, self.data_key, self.dropout_key = steps_per_epoch, data_key, dropout_key
+                 cfg: training.StepConfig, *, steps_per_epoch: int, num_test: int):
+        self.steps_per_epoch = steps_per_epoch
         self.train_data, self.test_data = DeviceData(*train), DeviceData(*test)
         self.test_images, self.test_labels = test
         self.train_chunk = training.make_train_chunk(cfg)
         self.evaluate_on_device = training.make_evaluate(cfg)
-        self._epoch_examples = training.make_epoch_examples(cfg)
         self.eval_steps = eval_steps(math.ceil(num_test / jax.process_count()),
                                      cfg.eval_batch_per_device, jax.local_device_count())
         self.timer = ChunkTimer()
 
-    def train_chunks(self, state, totals, *, epoch: int, start_step: int):
-        perm = self.train_data.permutation(self.data_key, epoch)
+    def train_chunks(self, state, *, epoch: int, start_step: int):
         data = self.train_data
+        perm = data.permutation(state.data_key, epoch)
 
-        def run_steps(state, totals, first, count):
-            return self.train_chunk(state, totals, data.images, data.labels, perm,
-                                    self.dropout_key, first, count)
+        def run_steps(state, first, count):
+            return self.train_chunk(state, data.images, data.labels, perm, first, count)
 
-        return timed_chunks(run_steps, state, totals, start_step=start_step,
+        return timed_chunks(run_steps, state, start_step=start_step,
                             steps_per_epoch=self.steps_per_epoch, timer=self.timer)
 
-    def epoch_examples(self, epoch: int) -> np.ndarray:
-        """The training examples (indices into the training set) that this process's devices
-        take in `epoch`, as the train chunks take them."""
-        perm = self.train_data.permutation(self.data_key, epoch)
-        return training.local_array(self._epoch_examples(perm, self.steps_per_epoch)).reshape(-1)
-
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
-        """Global test sums, and this process's predictions in example order."""
-        sums, preds = self.evaluate_on_device(state, self.test_data.images, self.test_data.labels,
-                                              self.test_data.local_index, self.eval_steps)
-        return training.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
+        """Global test sums of a replicated RunState, and this process's predictions in example
+        order."""
+        sums, preds = self.evaluate_on_device(state.train, self.test_data.images,
+                                              self.test_data.labels, self.test_data.local_index,
+                                              self.eval_steps)
+        return replicas.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
 
     def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The first `count` test images and all test labels, in `evaluate`'s order."""
@@ -170,10 +158,9 @@ class DevicePipeline:
 class StreamPipeline:
     """Batches of this process's shard streamed from tf.data (see `flaxcnn.datasets.Dataset`)."""
 
-    def __init__(self, dataset, cfg: training.StepConfig, *, steps_per_epoch: int, seed: int,
-                 dropout_key):
+    def __init__(self, dataset, cfg: training.StepConfig, *, steps_per_epoch: int, seed: int):
         self.dataset, self.cfg, self.seed = dataset, cfg, seed
-        self.steps_per_epoch, self.dropout_key = steps_per_epoch, dropout_key
+        self.steps_per_epoch = steps_per_epoch
         local_devices = jax.local_device_count()
         self.local_batch = cfg.batch_per_device * local_devices
         self.local_eval_batch = cfg.eval_batch_per_device * local_devices
@@ -181,31 +168,32 @@ class StreamPipeline:
         self.evaluate_batch = training.make_evaluate_batch(cfg)
         self.timer = ChunkTimer()
 
-    def train_chunks(self, state, totals, *, epoch: int, start_step: int):
+    def train_chunks(self, state, *, epoch: int, start_step: int):
         batches = self.dataset.stream_train(batch_size=self.local_batch,
                                             image_size=self.cfg.image_size, seed=self.seed,
                                             epoch=epoch, skip_batches=start_step)
         on_device = jax_utils.prefetch_to_device(map(_per_device, batches), 2)
 
-        def run_steps(state, totals, first, count):
+        def run_steps(state, first, count):
             del first  # the stream is already there
             for batch in itertools.islice(on_device, count):
-                state, totals = self.train_batch(state, totals, batch["image"], batch["label"],
-                                                 self.dropout_key)
-            return state, totals
+                state = self.train_batch(state, batch["image"], batch["label"])
+            return state
 
-        return timed_chunks(run_steps, state, totals, start_step=start_step,
+        return timed_chunks(run_steps, state, start_step=start_step,
                             steps_per_epoch=self.steps_per_epoch, timer=self.timer)
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
-        """Global test sums, and this process's predictions in example order."""
+        """Global test sums of a replicated RunState, and this process's predictions in example
+        order."""
         totals, preds = None, []
         for batch in self._test_batches():
             shaped = _per_device(batch)
-            sums, p = self.evaluate_batch(state, shaped["image"], shaped["label"], shaped["mask"])
-            sums = training.host_sums(sums)
+            sums, p = self.evaluate_batch(state.train, shaped["image"], shaped["label"],
+                                          shaped["mask"])
+            sums = replicas.host_sums(sums)
             totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-            preds.append(training.local_array(p).reshape(-1)[batch["mask"]])
+            preds.append(replicas.local_array(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
 
     def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,8 @@
-"""Data-parallel training: the optimizer, the train state, and the jitted, `jax.pmap`-ped steps.
+"""Data-parallel training: the optimizer, the run's state, and the jitted, `jax.pmap`-ped steps.
 
 Everything here runs on whatever `jax.local_devices()` holds (one CPU is the case N=1) and imports no
-TensorFlow, so `flaxcnn.bench` times exactly the code `train.py` trains with.
+TensorFlow, so `flaxcnn.bench` times exactly the code `train.py` trains with. Moving state between
+the host and the devices is `flaxcnn.replicas`' job; the process's settings are `flaxcnn.runtime`'s.
 
 Images reach the step as uint8 and are scaled to [0, 1] and resized inside it. For data held on the
 devices, a "chunk" of steps gathers each step's batch on device and runs as one `lax.while_loop` inside
@@ -11,27 +12,55 @@ one pmapped call, so the host touches the devices about once a second, never onc
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax import lax
 
 from flaxcnn import models
-
-AXIS = "devices"  # the pmap axis: gradients, metrics and (by default) BatchNorm statistics average over it
+from flaxcnn.replicas import AXIS
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainState(train_state.TrainState):
     batch_stats: Any = None  # a dict, empty for a model without BatchNorm
+
+
+class RunState(struct.PyTreeNode):
+    """Everything that fixes the rest of a run, and what a checkpoint holds: the train state, the
+    keys of the data order and of dropout, and the running sums of the epoch in progress (so a run
+    resumed mid-epoch reports the same epoch metrics). The position in the run is `train.step`."""
+    train: TrainState
+    data_key: Any
+    dropout_key: Any
+    totals: dict
+
+    @classmethod
+    def fresh(cls, train: TrainState, seed: int) -> "RunState":
+        data_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+        return cls(train, data_key, dropout_key, zero_totals())
+
+    def to_tree(self) -> dict:
+        """The checkpoint's tree (host numpy arrays): step, params, batch_stats, opt_state, the two
+        keys and the totals."""
+        train = self.train
+        return jax.tree.map(np.asarray, {
+            "step": np.asarray(train.step, np.int32), "params": train.params,
+            "batch_stats": train.batch_stats, "opt_state": train.opt_state,
+            "data_key": self.data_key, "dropout_key": self.dropout_key, "totals": self.totals})
+
+    def from_tree(self, tree: dict) -> "RunState":
+        """This state with the values of a checkpoint's tree (see `to_tree`)."""
+        train = self.train.replace(step=tree["step"], params=tree["params"],
+                                   opt_state=tree["opt_state"], batch_stats=tree["batch_stats"])
+        return self.replace(train=train, data_key=tree["data_key"],
+                            dropout_key=tree["dropout_key"], totals=tree["totals"])
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
@@ -146,20 +175,23 @@ def zero_totals() -> dict:
             "bad_step": np.int32(-1)}
 
 
-def counted_train_step(state, totals, images, labels, dropout_key, step_kwargs):
-    """A train step that adds to the epoch's totals; after a non-finite step, nothing changes."""
-    key = jax.random.fold_in(jax.random.fold_in(dropout_key, state.step), lax.axis_index(AXIS))
+def counted_train_step(state: RunState, images, labels, step_kwargs) -> RunState:
+    """A train step that adds to the epoch's totals; after a non-finite step, nothing changes.
+    Dropout's key is the run's, folded with the step and the device's position."""
+    train, totals = state.train, state.totals
+    key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, train.step),
+                             lax.axis_index(AXIS))
     healthy = totals["bad_step"] < 0
-    new_state, metrics, applied = train_step(state, images, labels, key, enabled=healthy,
+    new_train, metrics, applied = train_step(train, images, labels, key, enabled=healthy,
                                              **step_kwargs)
     totals = {
         "loss_sum": totals["loss_sum"] + jnp.where(applied, metrics["loss_sum"], 0.0),
         "correct": totals["correct"] + jnp.where(applied, metrics["correct"], 0),
         "count": totals["count"] + jnp.where(applied, metrics["count"], 0),
-        "bad_step": jnp.where(healthy & ~applied, state.step.astype(jnp.int32),
+        "bad_step": jnp.where(healthy & ~applied, train.step.astype(jnp.int32),
                               totals["bad_step"]),
     }
-    return new_state, totals
+    return state.replace(train=new_train, totals=totals)
 
 
 # ----------------------------------------------------------------------------------- compiled functions
@@ -187,7 +219,7 @@ class StepConfig:
 
 
 def make_train_chunk(cfg: StepConfig, devices=None):
-    """`chunk(state, totals, images, labels, perm, dropout_key, start, num_steps)`.
+    """`chunk(state, images, labels, perm, start, num_steps) -> state` for a replicated RunState.
 
     Runs steps start .. start+num_steps-1 of the epoch (all of them pmapped, none waited for).
     `images`/`labels` are the whole training set on every device (of every process), `perm` the
@@ -203,34 +235,31 @@ def make_train_chunk(cfg: StepConfig, devices=None):
         return images[idx], labels[idx]
 
     if cfg.device_loop:
-        def loop(state, totals, images, labels, perm, dropout_key, start, num_steps):
+        def loop(state, images, labels, perm, start, num_steps):
             def body(carry):
-                i, state, totals = carry
+                i, state = carry
                 batch = batch_at(images, labels, perm, i)
-                return (i + 1, *counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs))
+                return i + 1, counted_train_step(state, *batch, cfg.step_kwargs)
 
             def cond(carry):
-                i, _, totals = carry
-                return (i < start + num_steps) & (totals["bad_step"] < 0)
+                i, state = carry
+                return (i < start + num_steps) & (state.totals["bad_step"] < 0)
 
-            _, state, totals = lax.while_loop(cond, body, (jnp.int32(start), state, totals))
-            return state, totals
+            return lax.while_loop(cond, body, (jnp.int32(start), state))[1]
 
-        return jax.pmap(loop, AXIS, in_axes=(0, 0, 0, 0, 0, None, None, None), devices=devices,
-                        donate_argnums=(0, 1))
+        return jax.pmap(loop, AXIS, in_axes=(0, 0, 0, 0, None, None), devices=devices,
+                        donate_argnums=(0,))
 
-    def one_step(state, totals, images, labels, perm, dropout_key, i):
-        batch = batch_at(images, labels, perm, i)
-        return counted_train_step(state, totals, *batch, dropout_key, cfg.step_kwargs)
+    def one_step(state, images, labels, perm, i):
+        return counted_train_step(state, *batch_at(images, labels, perm, i), cfg.step_kwargs)
 
-    step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, 0, None, None), devices=devices,
-                    donate_argnums=(0, 1))
+    step = jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, None), devices=devices,
+                    donate_argnums=(0,))
 
-    def dispatch(state, totals, images, labels, perm, dropout_key, start, num_steps):
+    def dispatch(state, images, labels, perm, start, num_steps):
         for i in range(start, start + num_steps):
-            state, totals = step(state, totals, images, labels, perm, dropout_key,
-                                 np.int32(i))
-        return state, totals
+            state = step(state, images, labels, perm, np.int32(i))
+        return state
 
     return dispatch
 
@@ -246,27 +275,14 @@ def example_positions(batch_per_device: int, num_devices: int):
     return positions
 
 
-def make_epoch_examples(cfg: StepConfig, devices=None):
-    """pmapped `(perm, num_steps)` -> (num_steps, b) per device: the examples each device of this
-    process trains on in an epoch, by the same `example_positions` as the train chunk."""
-    positions = example_positions(cfg.batch_per_device,
-                                  len(devices) if devices else jax.device_count())
-
-    def examples(perm, num_steps):
-        return jax.vmap(lambda i: perm[positions(i)])(jnp.arange(num_steps))
-
-    return jax.pmap(examples, AXIS, static_broadcasted_argnums=(1,), devices=devices)
-
-
 def make_train_batch(cfg: StepConfig, devices=None):
-    """pmapped `(state, totals, images, labels, dropout_key)`: one step on a streamed batch
-    (b, H, W, C) on each device."""
+    """pmapped `(state, images, labels) -> state`: one step on a streamed batch (b, H, W, C) on
+    each device."""
 
-    def one_step(state, totals, images, labels, dropout_key):
-        return counted_train_step(state, totals, images, labels, dropout_key, cfg.step_kwargs)
+    def one_step(state, images, labels):
+        return counted_train_step(state, images, labels, cfg.step_kwargs)
 
-    return jax.pmap(one_step, AXIS, in_axes=(0, 0, 0, 0, None), devices=devices,
-                    donate_argnums=(0, 1))
+    return jax.pmap(one_step, AXIS, devices=devices, donate_argnums=(0,))
 
 
 def _eval_logits(state, images, image_size, dtype):
@@ -323,111 +339,3 @@ def make_evaluate_batch(cfg: StepConfig, devices=None):
         return lax.psum(sums, AXIS), preds
 
     return jax.pmap(evaluate, AXIS, devices=devices)
-
-
-# -------------------------------------------------------------------------------------- host-side glue
-
-
-def replicate(tree, devices=None):
-    """A host pytree -> a copy on each local device, laid out exactly like pmap's outputs (so
-    feeding it back to a pmapped function does not compile a second version)."""
-    devices = list(devices or jax.local_devices())
-    sharding = jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
-    return jax.tree.map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree)
-
-
-def unreplicate(tree):
-    """The first device's copy of a pmapped (or replicated) pytree, fetched to host numpy."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
-
-
-def local_array(x) -> np.ndarray:
-    """A pmapped output -> this process's devices' values as one numpy array (leading axis: the
-    local devices in order). With several processes the whole array is not addressable here."""
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return np.asarray(x)
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start)
-    return np.concatenate([np.asarray(s.data) for s in shards])
-
-
-def host_sums(sums) -> dict:
-    """Replicated on-device sums -> plain Python numbers."""
-    return {k: v.item() for k, v in unreplicate(sums).items()}
-
-
-def default_compilation_cache() -> str:
-    """$JAX_COMPILATION_CACHE_DIR, else flaxcnn/jax under the user's cache folder (XDG)."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_home, "flaxcnn", "jax")
-
-
-def use_compilation_cache(directory: str | None):
-    """JAX's persistent compilation cache in `directory`, for every compilation however quick, so
-    a rerun of the same experiment compiles nothing; None, '' or 'off' turns it off."""
-    if not directory or directory == "off":
-        jax.config.update("jax_enable_compilation_cache", False)
-        return
-    jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def reserve_cpu_threads_for_collectives(environ=os.environ) -> int | None:
-    """Gives XLA:CPU two threads per device when XLA_FLAGS fakes at least as many CPU devices as
-    there are cores; call it before the first use of the devices. Returns the count it set, or None.
-
-    XLA:CPU sizes its thread pools at max(cores, devices). A pmapped psum blocks one pool thread per
-    device until every device arrives; with as many threads as devices, the last device can find
-    its convolution's work queued behind the blocked threads, and XLA aborts the run after 40 s
-    ("Termination timeout for all reduce ... only 3 of them arrived"; seen once in CI with 4
-    devices on 2 cores). PJRT_NPROC, read when the CPU client starts, sets the pool size; one
-    already in the environment is left alone.
-    """
-    counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
-                        environ.get("XLA_FLAGS", ""))
-    devices = int(counts[-1]) if counts else 1  # XLA takes the last
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if devices < 2 or "PJRT_NPROC" in environ or (cores or 1) > devices:
-        return None
-    environ["PJRT_NPROC"] = str(2 * devices)
-    return 2 * devices
-
-
-_compilations = {"programs": 0, "seconds": 0.0, "from_cache": 0}
-_counting = False
-
-
-def compilations() -> dict:
-    """XLA compilations in this process since the first call: how many programs, in how many
-    seconds, and how many of them the persistent compilation cache served (jax.monitoring)."""
-    global _counting
-    if not _counting:
-        _counting = True
-
-        def on_duration(event, seconds, *args, **kwargs):
-            if event == "/jax/core/compile/backend_compile_duration":
-                _compilations["programs"] += 1
-                _compilations["seconds"] += seconds
-
-        def on_event(event, *args, **kwargs):
-            if event == "/jax/compilation_cache/cache_hits":
-                _compilations["from_cache"] += 1
-
-        jax.monitoring.register_event_duration_secs_listener(on_duration)
-        jax.monitoring.register_event_listener(on_event)
-    return dict(_compilations)
-
-
-def process_seconds() -> float:
-    """Seconds since this process started (Linux), else since flaxcnn.training was imported."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
-        with open("/proc/uptime") as f:
-            return float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return time.monotonic() - _IMPORTED
-
-
-_IMPORTED = time.monotonic()

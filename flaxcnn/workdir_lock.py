@@ -62,6 +62,12 @@ class WorkdirLock:
         except (OSError, ValueError, KeyError, TypeError):  # empty for a moment after locking
             return f"a process that has locked {self.path} and not yet written its pid there"
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
     def release(self):
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
