@@ -1,37 +1,53 @@
-"""One process of tests/test_cluster.py's shard test: joins the cluster, builds the run as train.py
-does (flaxcnn.trainer.Trainer) and saves what this process trains on and evaluates.
+"""One process of tests/test_cluster.py's shard test: joins the cluster, builds the run's stages as
+train_and_evaluate does (flaxcnn.trainer) and saves what this process trains on and evaluates.
 
-    python tests/cluster_worker.py OUT.npz WORKDIR DATA_DIR ADDRESS NUM_PROCESSES PROCESS_ID
+    python tests/cluster_worker.py OUT.npz DATA_DIR ADDRESS NUM_PROCESSES PROCESS_ID
 """
 import hashlib
+import os
 import sys
-from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flaxcnn import cluster
+import numpy as np  # noqa: E402
+
+from flaxcnn import cluster  # noqa: E402
 
 
-def main(out, workdir, data_dir, address, num_processes, process_id):
+def main(out, data_dir, address, num_processes, process_id):
     cluster.join(coordinator_address=address, num_processes=int(num_processes),
                  process_id=int(process_id), initialization_timeout=30,
                  heartbeat_timeout_seconds=10)
     import dataclasses
 
+    import jax
+    import jax.numpy as jnp
+
     from configs import batchnorm
-    from flaxcnn import trainer
+    from flaxcnn import replicas, trainer, training
 
     config = batchnorm.get_config()
     config.update(dataset="fashion_mnist_sample", data_dir=data_dir, batch_size=16)
-    run = trainer.Trainer(config, Path(workdir))
-    images, _ = run.dataset.load_arrays("test")
-    whole, _ = dataclasses.replace(run.dataset, process_index=0, process_count=1).load_arrays("test")
+    dataset = trainer.resolve_dataset(config)
+    run = trainer.build_run(config, dataset)
+    pipeline = trainer.build_pipeline(config, dataset, run.steps_per_epoch)
+    state = replicas.replicate(run.fresh)
+    # Which examples each device takes, by the train chunk's own rule (training.example_positions).
+    positions = training.example_positions(config.batch_size // jax.device_count(),
+                                           jax.device_count())
+    examples = jax.pmap(lambda perm: jax.vmap(lambda i: perm[positions(i)])(
+        jnp.arange(run.steps_per_epoch)), replicas.AXIS)
+
+    def epoch_examples(epoch):
+        perm = pipeline.train_data.permutation(state.data_key, epoch)
+        return replicas.local_array(examples(perm)).reshape(-1)
+
+    images, _ = dataset.load_arrays("test")
+    whole, _ = dataclasses.replace(dataset, process_index=0, process_count=1).load_arrays("test")
     digest = lambda batch: np.array([hashlib.sha256(x.tobytes()).hexdigest() for x in batch])  # noqa: E731
-    np.savez(out, train_epoch0=run.pipeline.epoch_examples(0),
-             train_epoch1=run.pipeline.epoch_examples(1), steps=run.steps_per_epoch,
-             test=digest(images), whole_test=digest(whole),
-             data_key=np.asarray(run.data_key))
-    run.checkpoints.close()
+    np.savez(out, train_epoch0=epoch_examples(0), train_epoch1=epoch_examples(1),
+             steps=run.steps_per_epoch, test=digest(images), whole_test=digest(whole),
+             data_key=np.asarray(run.fresh.data_key))
 
 
 if __name__ == "__main__":

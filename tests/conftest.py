@@ -1,8 +1,23 @@
-"""Shared test setup: four fake CPU devices, so every run tests the multi-device code."""
+"""Shared test setup: four fake CPU devices (so every run tests the multi-device code), and the helpers
+and shared runs that the test files use.
+
+Trained runs are the suite's expensive part, so there is one reference run per test session
+(`reference_run`, shared by the pytest-xdist workers through a file lock): tests that only read a
+finished run read it, and tests that continue or damage a run start from a copy of it, cut back to
+an earlier epoch where they need one (`copy_run`). Real `train.py` processes (`launch_train`) are
+kept for what needs a process boundary: signals, kills, locks, exit codes and several processes.
+"""
+import fcntl
 import importlib
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 # Must happen before jax is imported anywhere in the test session (subprocesses inherit it too).
@@ -15,16 +30,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "flaxcnn-tests-jax-cache"))
 
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from flaxcnn import training  # noqa: E402
+from flaxcnn import runtime  # noqa: E402
 
-training.reserve_cpu_threads_for_collectives()  # 4 devices on a 2-core CI machine (see its docstring)
+runtime.reserve_cpu_threads_for_collectives()  # 4 devices on a 2-core CI machine (see its docstring)
+runtime.use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One config per chapter section: every file of configs/ but the shared default.
 CONFIG_NAMES = sorted(p.stem for p in Path(REPO, "configs").glob("*.py")
                       if p.stem not in ("__init__", "default"))
+
+# The reference run: configs/batchnorm.py (LeNet-BN) on the bundled sample at 28x28, batch 32, so
+# 31 steps an epoch of about a second. Enough epochs for the kill soak's plan (test_robustness).
+RUN = {"dataset": "fashion_mnist_sample", "batch_size": 32, "learning_rate": 0.1, "num_epochs": 5,
+       "max_checkpoints": 5}
+STEPS_PER_EPOCH = 1003 // RUN["batch_size"]
+TIMING_FIELDS = ("examples_per_sec", "epoch_seconds")
 
 
 @pytest.fixture(scope="session")
@@ -33,19 +58,26 @@ def tfds_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
 
 
+def config_of(name, tfds_dir, **overrides):
+    """configs/<name>.py with quiet, offline defaults and `overrides`."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.data_dir = tfds_dir
+    config.progress = False
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
 @pytest.fixture
 def make_config(tfds_dir):
     """make_config('batchnorm', num_epochs=2, ...): a chapter config with quiet, offline defaults."""
+    return lambda name, **overrides: config_of(name, tfds_dir, **overrides)
 
-    def make(name, **overrides):
-        config = importlib.import_module(f"configs.{name}").get_config()
-        config.data_dir = tfds_dir
-        config.progress = False
-        for key, value in overrides.items():
-            config[key] = value
-        return config
 
-    return make
+@pytest.fixture
+def run_config(tfds_dir):
+    """run_config(num_epochs=2, ...): the reference run's config with overrides."""
+    return lambda **overrides: config_of("batchnorm", tfds_dir, **{**RUN, **overrides})
 
 
 def train_to_end(config, workdir) -> dict:
@@ -58,10 +90,153 @@ def train_to_end(config, workdir) -> dict:
     return record
 
 
-def uninterrupted_run(workdir, tfds_dir, overrides: dict):
-    """configs/batchnorm.py with `overrides`, trained to the end in `workdir`: the reference that
-    interrupted runs must reproduce bit for bit."""
-    config = importlib.import_module("configs.batchnorm").get_config()
-    config.update(overrides, data_dir=tfds_dir, progress=False)
-    train_to_end(config, workdir)
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """RUN trained to the end, once for all test processes: the run that interrupted ones must
+    reproduce bit for bit, and the finished run that tests read. Never write into it: copy_run."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's folder, the same for every xdist worker
+    workdir = shared / "reference-run"
+    with open(shared / "reference-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (workdir / "done").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            train_to_end(config_of("batchnorm", str(shared / "reference-tfds"), **RUN), workdir)
+            (workdir / "done").write_text("")
     return workdir
+
+
+def copy_run(source, destination, *, epochs=None):
+    """A copy of a finished run's workdir; with `epochs`, as it was after that many epochs (its
+    later checkpoints and metrics lines dropped). Returns the destination."""
+    destination = Path(destination)
+    shutil.copytree(source, destination, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("done", ".flaxcnn-lock"))
+    if epochs is not None:
+        kept = [record for record in metrics(destination) if record["epoch"] <= epochs]
+        for step in checkpoint_steps(destination):
+            if step > kept[-1]["step"]:
+                shutil.rmtree(destination / "checkpoints" / str(step))
+        (destination / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return destination
+
+
+# --- train.py as a process ------------------------------------------------------------------
+
+
+def launch_train(workdir, tfds_dir, *extra, devices=4, phases=False, stderr=subprocess.PIPE,
+                 **popen):
+    """`python train.py` on RUN (--config.* overrides in `extra`) as a process of its own, with
+    `devices` fake CPU devices. With `phases`, through tests/phase_markers.py, which prints where
+    the run is on stderr."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("PJRT_NPROC", None)  # each process sizes XLA's threads for its own devices
+    program = ["tests/phase_markers.py"] if phases else ["train.py"]
+    return subprocess.Popen(
+        [sys.executable, *program, "--config", "configs/batchnorm.py", "--config.progress=false",
+         *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",
+         f"--workdir={workdir}", *extra], cwd=REPO, env=env, text=True,
+        stdout=popen.pop("stdout", subprocess.PIPE), stderr=stderr, **popen)
+
+
+def finish(process, timeout=300):
+    """(exit code, stdout, stderr) of a launched process, once it ended."""
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for_epochs(workdir, count, process, timeout=240):
+    """Until `count` epochs are in the run's metrics.jsonl (the process must stay alive)."""
+    metrics = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"no epoch {count} in {workdir}"
+        time.sleep(0.05)
+
+
+def wait_for_checkpoint(path, process, timeout=120):
+    """Until checkpoint `path` is complete: Orbax writes it in the background, in a temporary
+    folder that it renames to the step once everything is written."""
+    deadline = time.time() + timeout
+    while not Path(path).is_dir():
+        assert process.poll() is None and time.time() < deadline, f"no checkpoint {path}"
+        time.sleep(0.05)
+
+
+def interrupt_twice(process):
+    """Ctrl-C, and once the run said it is stopping, Ctrl-C again (two signals that arrive before
+    Python runs its handler count as one)."""
+    process.send_signal(signal.SIGINT)
+    acknowledged = process.stderr.readline()
+    while acknowledged and "finishing the current steps" not in acknowledged:
+        acknowledged = process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+# --- what a run left ------------------------------------------------------------------------
+
+
+def metrics(workdir) -> list[dict]:
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def metrics_without_timing(workdir) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in TIMING_FIELDS}
+            for record in metrics(workdir)]
+
+
+def latest(workdir) -> dict:
+    """The state tree of the newest checkpoint, read back without a target structure."""
+    from flaxcnn import checkpoint
+
+    with checkpoint.Checkpoints(workdir) as checkpoints:
+        step = checkpoints.manager.latest_step()
+        return checkpoints.manager.restore(step)["state"]
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) \
+        if folder.is_dir() else []
+
+
+def assert_bit_identical(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def max_abs_difference(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# --- small states and data for the step functions ------------------------------------------
+
+
+def images_and_labels(n, seed=0, shape=(12, 12, 1)):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+            rng.integers(0, 10, n).astype(np.int32))
+
+
+def lenet_state(lr=0.1, optimizer="momentum", dtype=None, sync_batch_stats=True):
+    """LeNet-BN's TrainState for 28x28 one-channel images."""
+    import jax.numpy as jnp
+
+    from flaxcnn import training
+
+    tx, _ = training.create_optimizer(optimizer=optimizer, learning_rate=lr)
+    return training.create_train_state("lenet_bn", tx, input_shape=(28, 28, 1),
+                                       dtype=dtype or jnp.float32,
+                                       sync_batch_stats=sync_batch_stats)

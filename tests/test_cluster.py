@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,57 +19,44 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO
+from tests.conftest import (REPO, checkpoint_steps, config_of, copy_run, finish, free_port,
+                            launch_train, max_abs_difference, train_to_end)
 
-pytestmark = pytest.mark.multihost
+pytestmark = [pytest.mark.multihost, pytest.mark.xdist_group("cluster")]
 
 BATCH = 16  # global batch: 4 per device either way; 62 steps per epoch on the 1,003 examples
+STEPS = 1003 // BATCH
 TOLERANCE = 1e-5  # float32 round-off: the sums over devices are added in another order
+SETTINGS = {"batch_size": BATCH, "num_epochs": 2, "plots": False, "tensorboard": False}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def launch(workdir, tfds_dir, processes: int, *extra, per_process=None, heartbeat=5,
-           devices=None) -> list[subprocess.Popen]:
-    """train.py as `processes` processes of one cluster (4 devices in all), or one process."""
-    devices = devices or 4 // processes
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=REPO)
+def launch(workdir, tfds_dir, processes: int, *extra, per_process=None, heartbeat=5):
+    """train.py as `processes` processes of one cluster, 4 devices in all."""
     port = free_port()
-    procs = []
-    for i in range(processes):
-        cluster = [] if processes == 1 else [
-            f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
-            f"--process_id={i}", f"--heartbeat_timeout_seconds={heartbeat}",
-            "--initialization_timeout=60"]
-        command = [sys.executable, "train.py", "--config", "configs/batchnorm.py",
-                   f"--workdir={workdir}", "--config.dataset=fashion_mnist_sample",
-                   f"--config.data_dir={tfds_dir}", f"--config.batch_size={BATCH}",
-                   "--config.num_epochs=2", "--config.progress=false", "--config.plots=false",
-                   "--config.tensorboard=false", *cluster, *extra,
-                   *((per_process or {}).get(i, []))]
-        procs.append(subprocess.Popen(command, cwd=REPO, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    return procs
+    settings = [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                for k, v in SETTINGS.items()]
+    return [launch_train(workdir, tfds_dir, *settings, f"--coordinator_address=localhost:{port}",
+                         f"--num_processes={processes}", f"--process_id={i}",
+                         f"--heartbeat_timeout_seconds={heartbeat}", "--initialization_timeout=60",
+                         *extra, *((per_process or {}).get(i, [])), devices=4 // processes)
+            for i in range(processes)]
 
 
-def finish(procs, timeout=240) -> list[tuple[int, str, str]]:
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        results.append((p.returncode, out, err))
-    return results
+def finish_all(procs, timeout=240) -> list[tuple[int, str, str]]:
+    return [finish(p, timeout) for p in procs]
 
 
 def run(workdir, tfds_dir, processes, *extra, **kwargs) -> list[tuple[int, str, str]]:
-    results = finish(launch(workdir, tfds_dir, processes, *extra, **kwargs))
+    results = finish_all(launch(workdir, tfds_dir, processes, *extra, **kwargs))
     for rc, out, err in results:
         assert rc == 0, f"exit {rc}\n{out}\n{err}"
     return results
+
+
+def run_here(workdir, tfds_dir, **overrides):
+    """The same run as one process with this process's 4 devices."""
+    return train_to_end(config_of("batchnorm", tfds_dir, dataset="fashion_mnist_sample",
+                                  **{**SETTINGS, **overrides}), workdir)
 
 
 def records(workdir) -> list[dict]:
@@ -83,11 +69,6 @@ def final_state(workdir) -> tuple[int, dict]:
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
     return step, state["state"]
-
-
-def max_difference(a: dict, b: dict) -> float:
-    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
 def assert_same_run(workdir, reference, *, from_epoch=1):
@@ -104,7 +85,7 @@ def assert_same_run(workdir, reference, *, from_epoch=1):
             assert abs(g[key] - w[key]) <= 1.5 / 1003, (key, g, w)
     (step, state), (want_step, want_state) = final_state(workdir), final_state(reference)
     assert step == want_step
-    differences = {k: max_difference(state[k], want_state[k]) for k in ("params", "batch_stats")}
+    differences = {k: max_abs_difference(state[k], want_state[k]) for k in ("params", "batch_stats")}
     print(f"max |difference| against {Path(reference).name}: {differences}")
     assert max(differences.values()) <= TOLERANCE, differences
     return differences
@@ -117,26 +98,11 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def checkpoint_steps(workdir) -> list[int]:
-    folder = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-
-
-def truncate_to_epoch_1(source, destination):
-    """A copy of a finished run's workdir as it was after epoch 1 (its checkpoint at step 62)."""
-    shutil.copytree(source, destination)
-    for step in checkpoint_steps(destination):
-        if step > 62:
-            shutil.rmtree(Path(destination) / "checkpoints" / str(step))
-    kept = [r for r in records(destination) if r["epoch"] <= 1]
-    (Path(destination) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
 @pytest.fixture(scope="module")
 def one_process(tfds_dir, tmp_path_factory):
-    """The reference: 2 epochs in one process with 4 devices."""
+    """The reference: 2 epochs in one process with 4 devices (this one)."""
     workdir = tmp_path_factory.mktemp("cluster") / "one"
-    run(workdir, tfds_dir, 1)
+    run_here(workdir, tfds_dir)
     return workdir
 
 
@@ -150,9 +116,9 @@ def two_processes(tfds_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     workdir = root / "two"
     procs = launch(workdir, tfds_dir, 2)
-    wait_for(lambda: 62 in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
+    wait_for(lambda: STEPS in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
     procs[1].send_signal(signal.SIGTERM)
-    interrupted = finish(procs)
+    interrupted = finish_all(procs)
     stopped = root / "two-stopped"
     shutil.copytree(workdir, stopped)
     run(workdir, tfds_dir, 2)
@@ -178,25 +144,25 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(two_processes):
     assert "resume with: python train.py" in out0 and out1 == "", said
     assert "Traceback" not in err0 + err1, said
     saved = checkpoint_steps(stopped)[-1]
-    assert 62 < saved <= 124, (saved, said)
+    assert STEPS < saved <= 2 * STEPS, (saved, said)
     assert f"saved a checkpoint at step {saved} " in out0
     assert [r["epoch"] for r in records(stopped)] == [1]
-    assert records(workdir)[-1]["step"] == 124
+    assert records(workdir)[-1]["step"] == 2 * STEPS
 
 
 def test_checkpoint_moves_between_two_processes_and_one(one_process, two_processes, tfds_dir,
-                                                        tmp_path):
+                                                        tmp_path, capsys):
     """The 2-process run's mid-epoch checkpoint continues in 1 process, and the 1-process
     run's epoch-1 checkpoint in 2 processes, as the 1-process run went on."""
     _, stopped, _ = two_processes
     two_to_one = tmp_path / "two-to-one"
     shutil.copytree(stopped, two_to_one)
-    (rc, out, _), = run(two_to_one, tfds_dir, 1)
-    assert f"resuming from checkpoint {two_to_one.absolute() / 'checkpoints'}" in out
+    run_here(two_to_one, tfds_dir)
+    assert f"resuming from checkpoint {two_to_one.absolute() / 'checkpoints'}" in \
+        capsys.readouterr().out
     assert_same_run(two_to_one, one_process)
 
-    one_to_two = tmp_path / "one-to-two"
-    truncate_to_epoch_1(one_process, one_to_two)
+    one_to_two = copy_run(one_process, tmp_path / "one-to-two", epochs=1)
     results = run(one_to_two, tfds_dir, 2)
     assert "resuming from checkpoint" in results[0][1] and results[1][1] == ""
     # Epoch 1 is the 1-process run's own: epoch 2 differs from it by the order of the sums only.
@@ -207,12 +173,13 @@ def test_shards_are_disjoint_and_cover_the_data(tfds_dir, tmp_path):
     """Each global batch is split between the processes' devices, the epoch's batches are those
     of one process; the test split is sharded so that every example is evaluated once."""
     port, outs = free_port(), [tmp_path / f"p{i}.npz" for i in range(2)]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=REPO)
-    procs = [subprocess.Popen([sys.executable, "tests/cluster_worker.py", str(outs[i]),
-                               str(tmp_path / "work"), tfds_dir, f"localhost:{port}", "2", str(i)],
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env.pop("PJRT_NPROC", None)
+    procs = [subprocess.Popen([sys.executable, "tests/cluster_worker.py", str(outs[i]), tfds_dir,
+                               f"localhost:{port}", "2", str(i)],
                               cwd=REPO, env=env, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for i in range(2)]
-    for rc, out, err in finish(procs):
+    for rc, out, err in finish_all(procs):
         assert rc == 0, err
     p0, p1 = (np.load(o) for o in outs)
     steps = int(p0["steps"])
@@ -229,23 +196,23 @@ def test_shards_are_disjoint_and_cover_the_data(tfds_dir, tmp_path):
             == collections.Counter(p0["whole_test"].tolist()))
 
 
-def test_a_killed_process_stops_the_others(tfds_dir, tmp_path):
+def test_a_killed_process_stops_the_others(tfds_dir, tmp_path, capsys):
     """SIGKILL to process 1: process 0 stops within the heartbeat timeout with one line naming
     process 1; the last complete checkpoint restores."""
     workdir = tmp_path / "killed"
     procs = launch(workdir, tfds_dir, 2, "--config.num_epochs=3")
-    wait_for(lambda: 62 in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
+    wait_for(lambda: STEPS in checkpoint_steps(workdir), 240, "the checkpoint of epoch 1")
     procs[1].kill()
     killed_at = time.monotonic()
-    (rc0, out0, err0), _ = finish(procs, timeout=60)
+    (rc0, out0, err0), _ = finish_all(procs, timeout=60)
     took = time.monotonic() - killed_at
     assert rc0 != 0 and took < 30, (took, err0)
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: lost process 1 of the cluster"), err0
     assert "Traceback" not in err0 and "Check failure" not in err0, err0
-    (rc, out, err), = run(workdir, tfds_dir, 1, "--config.num_epochs=2")
-    assert "resuming from checkpoint" in out
-    assert records(workdir)[-1]["step"] == 124
+    run_here(workdir, tfds_dir)
+    assert "resuming from checkpoint" in capsys.readouterr().out
+    assert records(workdir)[-1]["step"] == 2 * STEPS
 
 
 def one_line_error(results) -> list[str]:
@@ -259,26 +226,28 @@ def one_line_error(results) -> list[str]:
 
 
 def test_process_id_out_of_range(tfds_dir, tmp_path):
-    results = finish(launch(tmp_path, tfds_dir, 1, "--coordinator_address=localhost:1",
-                            "--num_processes=2", "--process_id=2"))
+    results = finish_all([launch_train(tmp_path, tfds_dir, "--coordinator_address=localhost:1",
+                                       "--num_processes=2", "--process_id=2")])
     assert one_line_error(results)[0].startswith("error: --process_id=2 is out of range")
 
 
 def test_unreachable_coordinator_fails_within_seconds(tfds_dir, tmp_path):
     t0 = time.monotonic()
-    results = finish(launch(tmp_path, tfds_dir, 1, f"--coordinator_address=localhost:{free_port()}",
-                            "--num_processes=2", "--process_id=1", "--initialization_timeout=3"))
+    results = finish_all([launch_train(tmp_path, tfds_dir,
+                                       f"--coordinator_address=localhost:{free_port()}",
+                                       "--num_processes=2", "--process_id=1",
+                                       "--initialization_timeout=3")])
     assert time.monotonic() - t0 < 60
     assert one_line_error(results)[0].startswith("error: could not join the cluster at localhost:")
 
 
 def test_batch_not_divisible_by_all_devices(tfds_dir, tmp_path):
-    lines = one_line_error(finish(launch(tmp_path / "w", tfds_dir, 2, "--config.batch_size=6")))
+    lines = one_line_error(finish_all(launch(tmp_path / "w", tfds_dir, 2, "--config.batch_size=6")))
     assert lines[0] == lines[1] and "not divisible by the 4 devices" in lines[0]
 
 
 def test_processes_with_different_configs_refuse_to_start(tfds_dir, tmp_path):
-    lines = one_line_error(finish(launch(tmp_path / "w", tfds_dir, 2,
+    lines = one_line_error(finish_all(launch(tmp_path / "w", tfds_dir, 2,
                                          per_process={1: ["--config.learning_rate=0.05"]})))
     assert lines[0] == lines[1]
     assert lines[0].startswith("error: process 1 started with a different config than process 0:")

@@ -5,22 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxcnn import datasets, pipelines, training
-from tests.test_training import images_and_labels, lenet_state
+from flaxcnn import datasets, pipelines, replicas, training
+from tests.conftest import images_and_labels, lenet_state
 
 
 def test_epoch_order_depends_only_on_the_key_and_epoch():
     images, labels = images_and_labels(50)
     four = pipelines.DeviceData(images, labels, jax.devices()[:4])
     one = pipelines.DeviceData(images, labels, jax.devices()[:1])
-    key = jax.random.PRNGKey(3)
-    p0 = np.asarray(four.permutation(key, 0))
+
+    def key(seed, devices):  # the data key as it travels in a replicated RunState
+        return replicas.replicate(jax.random.PRNGKey(seed), devices)
+
+    p0 = np.asarray(four.permutation(key(3, jax.devices()[:4]), 0))
     assert p0.shape == (4, 50)
     assert all((p0[i] == p0[0]).all() for i in range(4))  # the same order on every device
     assert sorted(p0[0]) == list(range(50))
-    np.testing.assert_array_equal(np.asarray(one.permutation(key, 0))[0], p0[0])
-    assert not (np.asarray(four.permutation(key, 1))[0] == p0[0]).all()
-    assert not (np.asarray(four.permutation(jax.random.PRNGKey(4), 0))[0] == p0[0]).all()
+    np.testing.assert_array_equal(np.asarray(one.permutation(key(3, jax.devices()[:1]), 0))[0],
+                                  p0[0])
+    assert not (np.asarray(four.permutation(key(3, jax.devices()[:4]), 1))[0] == p0[0]).all()
+    assert not (np.asarray(four.permutation(key(4, jax.devices()[:4]), 0))[0] == p0[0]).all()
 
 
 
@@ -34,8 +38,8 @@ def test_evaluation_covers_every_example_exactly_once():
     steps = pipelines.eval_steps(37, 4, 4)
     assert steps == 3
     sums, preds = training.make_evaluate(cfg, devices)(
-        training.replicate(state, devices), test.images, test.labels, test.local_index, steps)
-    sums, preds = training.unreplicate(sums), pipelines.gather_predictions(preds, 37)
+        replicas.replicate(state, devices), test.images, test.labels, test.local_index, steps)
+    sums, preds = replicas.unreplicate(sums), pipelines.gather_predictions(preds, 37)
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                          images.astype(np.float32) / 255, train=False)
     expected = np.argmax(np.asarray(logits), -1)
@@ -64,28 +68,24 @@ def make_pipeline(kind, dataset, batch=64):
     cfg = training.StepConfig(image_size=28, dtype=jnp.float32, batch_per_device=batch // 4,
                               eval_batch_per_device=batch // 4)
     steps = dataset.train_batches_per_epoch(batch)
-    keys = jax.random.split(jax.random.PRNGKey(0))
     if kind == "device":
         return pipelines.DevicePipeline(dataset.load_arrays("train"), dataset.load_arrays("test"),
-                                        cfg, steps_per_epoch=steps, num_test=dataset.info.num_test,
-                                        data_key=keys[0], dropout_key=keys[1])
-    return pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps, seed=0,
-                                    dropout_key=keys[1])
+                                        cfg, steps_per_epoch=steps, num_test=dataset.info.num_test)
+    return pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps, seed=0)
 
 
 @pytest.mark.parametrize("kind", ["device", "stream"])
 def test_both_pipelines_train_evaluate_and_preview_alike(kind, sample):
     pipeline = make_pipeline(kind, sample)
-    state = training.replicate(lenet_state(lr=0.05))
-    totals = training.replicate(training.zero_totals())
+    state = replicas.replicate(training.RunState.fresh(lenet_state(lr=0.05), seed=0))
     chunk_ends = []
-    for state, totals, step in pipeline.train_chunks(state, totals, epoch=0, start_step=3):
+    for state, step in pipeline.train_chunks(state, epoch=0, start_step=3):
         chunk_ends.append(step)
     assert chunk_ends[0] == 4 and chunk_ends[-1] == 15  # 1,003 // 64 steps; the first chunk compiles
     assert chunk_ends == sorted(set(chunk_ends))
-    sums = training.host_sums(totals)
+    sums = replicas.host_sums(state.totals)
     assert sums["count"] == 12 * 64 and sums["bad_step"] == -1
-    assert int(training.unreplicate(state.step)) == 12
+    assert int(replicas.unreplicate(state.train.step)) == 12
     test_sums, predictions = pipeline.evaluate(state)
     assert test_sums["count"] == 1003 and predictions.shape == (1003,)
     images, labels = pipeline.preview(18)

@@ -1,7 +1,7 @@
 """Nothing lost, nothing confusing: two runs in one workdir, a full disk, changed code, a kill soak.
 
-The runs here are LeNet-BN on the bundled sample at 28x28, batch 32: 31 steps an epoch, about a
-second each, so that a soak of several killed processes stays near a minute.
+The runs here are the session's reference run (conftest.py: LeNet-BN on the bundled sample at
+28x28, batch 32, 31 steps an epoch of about a second) or copies of it cut back to an earlier epoch.
 """
 import errno
 import json
@@ -9,62 +9,28 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from flaxcnn import checkpoint, trainer
+from flaxcnn import trainer
 from flaxcnn.errors import UserError
 from flaxcnn.workdir_lock import LOCK_NAME, WorkdirLock
-from tests.conftest import REPO, train_to_end, uninterrupted_run
-from tests.test_checkpoint import assert_bit_identical, finish, latest, metrics_without_timing
-
-RUN = {"dataset": "fashion_mnist_sample", "batch_size": 32, "num_epochs": 3}
-STEPS_PER_EPOCH = 31
-
-
-def launch(workdir, tfds_dir, *extra, phases=False):
-    """train.py on RUN (with --config.* overrides in `extra`) as a separate process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"FLAXCNN_TEST_PHASES": "1"} if phases else {}))
-    return subprocess.Popen(
-        [sys.executable, "train.py", "--config", "configs/batchnorm.py", "--config.progress=false",
-         *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",
-         f"--workdir={workdir}", *extra], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL if phases else subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_epochs(workdir, count, process, timeout=240):
-    metrics = Path(workdir) / "metrics.jsonl"
-    deadline = time.time() + timeout
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
-        assert process.poll() is None and time.time() < deadline, f"no epoch {count} in {workdir}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def sample_config(make_config):
-    def make(**overrides):
-        return make_config("batchnorm", **{**RUN, **overrides})
-    return make
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, tfds_dir):
-    """The uninterrupted run that interrupted ones must reproduce bit for bit."""
-    return uninterrupted_run(tmp_path_factory.mktemp("reference"), tfds_dir, RUN)
+from tests.conftest import (RUN, STEPS_PER_EPOCH, assert_bit_identical, checkpoint_steps,
+                            copy_run, finish, latest, launch_train, metrics_without_timing,
+                            train_to_end, wait_for_epochs)
 
 
 # --- two runs, one workdir -------------------------------------------------------------------
 
 
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothing(
-        tfds_dir, tmp_path, sample_config):
-    first = launch(tmp_path, tfds_dir, "--config.num_epochs=50")
+        tfds_dir, tmp_path, run_config):
+    first = launch_train(tmp_path, tfds_dir, "--config.num_epochs=50")
     wait_for_epochs(tmp_path, 1, first)
     t0 = time.monotonic()
-    second = launch(tmp_path, tfds_dir)
+    second = launch_train(tmp_path, tfds_dir)
     code, out, err = finish(second)
     assert code == 1 and time.monotonic() - t0 < 60
     assert err.strip().splitlines() == [
@@ -75,20 +41,21 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothi
     first.kill()  # a stale lock: the file still names the dead process
     first.wait()
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == first.pid
-    epochs = latest(tmp_path)[1]["epoch"] + 1
-    train_to_end(sample_config(num_epochs=epochs), tmp_path)
+    epochs = int(latest(tmp_path)["step"]) // STEPS_PER_EPOCH + 1
+    train_to_end(run_config(num_epochs=epochs), tmp_path)
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == list(range(1, epochs + 1))
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released at the end
 
 
-def test_the_lock_is_held_for_the_whole_run_and_in_process_too(sample_config, tmp_path):
-    tmp_path.mkdir(exist_ok=True)
+def test_the_lock_is_held_for_the_whole_run_and_in_process_too(reference_run, run_config,
+                                                               tmp_path):
+    copy_run(reference_run, tmp_path, epochs=1)
     held = WorkdirLock.acquire(tmp_path)
     with pytest.raises(UserError, match=rf"in use by another run \(pid {os.getpid()} on host "):
-        trainer.train_and_evaluate(sample_config(num_epochs=1), tmp_path)
-    assert not (tmp_path / "checkpoints").exists()
+        trainer.train_and_evaluate(run_config(num_epochs=2), tmp_path)
+    assert checkpoint_steps(tmp_path) == [STEPS_PER_EPOCH]
     held.release()
-    train_to_end(sample_config(num_epochs=1), tmp_path)
+    train_to_end(run_config(num_epochs=2), tmp_path)
     WorkdirLock.acquire(tmp_path).release()  # the finished run let go
 
 
@@ -105,10 +72,10 @@ def _snapshot(directory):
     ("shallower", "the checkpoint's params/Dense_2/bias (shape (10,)) is not in the model any more"),
 ])
 def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
-        change, message, sample_config, tmp_path, monkeypatch):
+        change, message, reference_run, run_config, tmp_path, monkeypatch):
     from flaxcnn.models import batchnorm
 
-    train_to_end(sample_config(num_epochs=1), tmp_path)
+    copy_run(reference_run, tmp_path, epochs=1)
     checkpoints = _snapshot(tmp_path / "checkpoints")
     dense = batchnorm.dense  # the code changes; the config stays the same
 
@@ -123,7 +90,7 @@ def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
 
     monkeypatch.setattr(batchnorm, "dense", changed)
     with pytest.raises(UserError) as error:
-        trainer.train_and_evaluate(sample_config(num_epochs=2), tmp_path)
+        trainer.train_and_evaluate(run_config(num_epochs=2), tmp_path)
     assert str(error.value) == (
         f"checkpoint {tmp_path / 'checkpoints' / '31'} does not fit the model as the code builds "
         f"it now: {message}; resume with the code that saved it, or use a new --workdir (the "
@@ -131,7 +98,7 @@ def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
     assert _snapshot(tmp_path / "checkpoints") == checkpoints
     assert not (tmp_path / "checkpoints-damaged").exists()
     monkeypatch.undo()  # the code that saved it resumes it
-    train_to_end(sample_config(num_epochs=2), tmp_path)
+    train_to_end(run_config(num_epochs=2), tmp_path)
     assert [m["epoch"] for m in metrics_without_timing(tmp_path)] == [1, 2]
 
 
@@ -163,11 +130,10 @@ def read_lines(path):
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes(
-        small_disk, tfds_dir, reference_run, sample_config):
-    workdir = small_disk / "run"
-    assert finish(launch(workdir, tfds_dir, "--config.num_epochs=1"))[0] == 0
+        small_disk, tfds_dir, reference_run, run_config):
+    workdir = copy_run(reference_run, small_disk / "run", epochs=1)
     fill(small_disk, leave=100 << 10)  # room for the metrics and curves.png, not a checkpoint
-    code, out, err = finish(launch(workdir, tfds_dir, "--config.num_epochs=2"))
+    code, out, err = finish(launch_train(workdir, tfds_dir, "--config.num_epochs=2"))
     checkpoints = workdir / "checkpoints"
     assert code == 1 and "epoch 2/2" in out
     assert err.strip().splitlines()[-1] == (
@@ -179,9 +145,9 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes
     assert [m["epoch"] for m in read_lines(workdir / "metrics.jsonl")] == [1, 2]  # no torn line
 
     (small_disk / "filler").unlink()  # space freed: the same command resumes, exactly
-    train_to_end(sample_config(), workdir)
+    train_to_end(run_config(), workdir)
     assert metrics_without_timing(workdir) == metrics_without_timing(reference_run)
-    assert_bit_identical(latest(workdir)[0], latest(reference_run)[0])
+    assert_bit_identical(latest(workdir), latest(reference_run))
 
 
 def unretrieved_task_error_logs(code_path: str) -> list[str]:
@@ -221,8 +187,9 @@ def test_orbax_tasks_unretrieved_errors_are_folded_into_the_one_line():
     assert len(unretrieved_task_error_logs(os.path.join(os.sep, "somewhere", "mine.py"))) == 1
 
 
-def test_a_failed_metrics_write_leaves_no_torn_line(sample_config, tmp_path, monkeypatch):
-    train_to_end(sample_config(num_epochs=1), tmp_path)
+def test_a_failed_metrics_write_leaves_no_torn_line(reference_run, run_config, tmp_path,
+                                                    monkeypatch):
+    copy_run(reference_run, tmp_path, epochs=1)
     metrics = tmp_path / "metrics.jsonl"
     before = metrics.read_bytes()
     write = os.write
@@ -236,16 +203,16 @@ def test_a_failed_metrics_write_leaves_no_torn_line(sample_config, tmp_path, mon
     monkeypatch.setattr(os, "write", half_a_line_then_a_full_disk)
     with pytest.raises(UserError, match=rf"could not write {metrics} \(No space left on device\); "
                                         "it keeps its complete lines"):
-        trainer.train_and_evaluate(sample_config(num_epochs=2), tmp_path)
+        trainer.train_and_evaluate(run_config(num_epochs=2), tmp_path)
     monkeypatch.undo()
     assert metrics.read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["31"]
-    train_to_end(sample_config(num_epochs=2), tmp_path)
+    assert checkpoint_steps(tmp_path) == [STEPS_PER_EPOCH]
+    train_to_end(run_config(num_epochs=2), tmp_path)
     assert [m["epoch"] for m in read_lines(metrics)] == [1, 2]
 
 
-def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tmp_path,
-                                                                monkeypatch, capsys):
+def test_pictures_and_tensorboard_that_fail_to_write_only_warn(reference_run, run_config,
+                                                                tmp_path, monkeypatch, capsys):
     from clu import metric_writers
 
     from flaxcnn import plots
@@ -256,7 +223,8 @@ def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tm
     for name in ("curves", "predictions", "confusion"):
         monkeypatch.setattr(plots, name, full_disk)
     monkeypatch.setattr(metric_writers.SummaryWriter, "write_scalars", full_disk)
-    train_to_end(sample_config(num_epochs=2), tmp_path)
+    copy_run(reference_run, tmp_path, epochs=1)
+    train_to_end(run_config(num_epochs=2), tmp_path)
     err = capsys.readouterr().err
     for what in ("draw " + str(tmp_path / "curves.png"), "draw " + str(tmp_path / "predictions.png"),
                  "draw " + str(tmp_path / "confusion.png"),
@@ -264,22 +232,21 @@ def test_pictures_and_tensorboard_that_fail_to_write_only_warn(sample_config, tm
         assert (f"warning: could not {what} (OSError: [Errno 28] No space left on device); "
                 "training goes on") in err
     assert [m["epoch"] for m in read_lines(tmp_path / "metrics.jsonl")] == [1, 2]
-    assert latest(tmp_path)[1]["epoch"] == 2
+    assert int(latest(tmp_path)["step"]) == 2 * STEPS_PER_EPOCH
 
 
 # --- the kill soak ---------------------------------------------------------------------------
 
+# In this order: a kill in the steps or the evaluation of an epoch loses that epoch (the run resumes
+# before it), a kill while drawing or checkpointing may come after the epoch's checkpoint is
+# complete. So the run moves on by at most one epoch per kill of the last two, and the plan fits
+# RUN's epochs with room for MAX_KILLS - 4 kills that miss their phase and are tried again.
 PHASES = ("train", "eval", "plot", "checkpoint")
+MAX_KILLS = RUN["num_epochs"] + 1
 # How long after a phase's marker the kill comes, at most (seconds; an epoch here trains ~1 s,
 # evaluates ~0.3 s, draws ~0.2 s). A checkpoint is killed just after its save began (its "end"
 # marker), while Orbax writes it in the background.
 KILL_DELAY = {"train": 0.6, "eval": 0.1, "plot": 0.05, "checkpoint": 0.01}
-
-
-def finished_steps(workdir):
-    directory = Path(workdir) / "checkpoints"
-    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() \
-        else set()
 
 
 def unfinished_saves(workdir):
@@ -288,21 +255,19 @@ def unfinished_saves(workdir):
         if directory.is_dir() else set()
 
 
-def kill_in_phase(workdir, tfds_dir, target, occurrence, delay):
-    """Starts the run, SIGKILLs it `delay` s after the `occurrence`-th marker of `target` and
-    returns the phases the process was in when it died (None if it finished first)."""
-    process = launch(workdir, tfds_dir, phases=True)
+def kill_in_phase(workdir, tfds_dir, target, delay):
+    """Starts the run, SIGKILLs it `delay` s after the first marker of `target` and returns the
+    phases the process was in when it died (None if it finished first)."""
+    process = launch_train(workdir, tfds_dir, phases=True, stdout=subprocess.DEVNULL)
     trigger = f"flaxcnn-phase: {target} {'end' if target == 'checkpoint' else 'begin'}"
-    unfinished_before, markers, seen = unfinished_saves(workdir), [], 0
+    unfinished_before, markers = unfinished_saves(workdir), []
     for line in process.stderr:
         if line.startswith("flaxcnn-phase: "):
             markers.append(line.split(": ", 1)[1].split())
         if line.strip() == trigger:
-            seen += 1
-            if seen == occurrence:
-                time.sleep(delay)
-                process.kill()
-                break
+            time.sleep(delay)
+            process.kill()
+            break
     else:
         assert process.wait() == 0
         return None
@@ -318,31 +283,30 @@ def kill_in_phase(workdir, tfds_dir, target, occurrence, delay):
 
 
 def test_kill_soak_resumes_bit_identical_after_sigkill_in_every_phase(
-        reference_run, tfds_dir, tmp_path, sample_config):
+        reference_run, tfds_dir, tmp_path, run_config, capsys):
+    """SIGKILL in each phase (a kill that missed its phase is tried again), then the same command
+    resumes: no complete checkpoint is ever lost, and the run ends bit for bit where the
+    uninterrupted reference ended. The seed sets when, within its phase, each kill comes."""
     seed = int(os.environ.get("FLAXCNN_SOAK_SEED", time.time_ns() % 100_000))
     print(f"kill soak seed {seed} (replay with FLAXCNN_SOAK_SEED={seed})")
     rng = random.Random(seed)
-    plan = rng.sample(PHASES, len(PHASES))
-    hits, tries = set(), 0
-    while plan and tries < 10:
+    plan, hits, kills = list(PHASES), set(), 0
+    while plan:
+        assert kills < MAX_KILLS, f"phases never hit: {set(PHASES) - hits} (seed {seed})"
         target = plan.pop(0)
-        remaining = RUN["num_epochs"] - max(finished_steps(tmp_path), default=0) // STEPS_PER_EPOCH
-        if remaining == 0:
-            break
-        occurrence = rng.randint(1, min(remaining, 2))
         delay = rng.uniform(0, KILL_DELAY[target])
-        before = finished_steps(tmp_path)
-        hit = kill_in_phase(tmp_path, tfds_dir, target, occurrence, delay)
-        tries += 1
-        print(f"kill {tries}: {target} #{occurrence} + {delay:.3f} s -> in {sorted(hit or [])}, "
-              f"checkpoints {sorted(finished_steps(tmp_path))}")
+        before = set(checkpoint_steps(tmp_path))
+        hit = kill_in_phase(tmp_path, tfds_dir, target, delay)
+        kills += 1
+        print(f"kill {kills}: {target} + {delay:.3f} s -> in {sorted(hit or [])}, "
+              f"checkpoints {checkpoint_steps(tmp_path)}")
         assert hit is not None, "the run finished before the kill"
-        assert before <= finished_steps(tmp_path), "a complete checkpoint was lost"
+        assert before <= set(checkpoint_steps(tmp_path)), "a complete checkpoint was lost"
         hits |= hit
         if not plan:
             plan = [p for p in PHASES if p not in hits]  # a kill that missed its phase: again
 
-    train_to_end(sample_config(), tmp_path)
-    assert hits == set(PHASES), f"phases never hit: {set(PHASES) - hits} (seed {seed})"
+    train_to_end(run_config(), tmp_path)
+    assert "resuming from checkpoint" in capsys.readouterr().out
     assert metrics_without_timing(tmp_path) == metrics_without_timing(reference_run)
-    assert_bit_identical(latest(tmp_path)[0], latest(reference_run)[0])
+    assert_bit_identical(latest(tmp_path), latest(reference_run))

@@ -1,9 +1,10 @@
 """The model zoo: `create(name)` builds any network of the chapter by name.
 
 `_REGISTRY` is the one list of models: for each name, the module class and the fields that
-make it that model, which field (if any) takes the pmap axis of its BatchNorm statistics,
-and, for the networks d2l trains in the chapter, d2l's experiment setup (image size and
-model overrides), which the configs and the benchmark follow.
+make it that model, whether it has BatchNorm (its statistics then average over the pmap axis
+named by the module's `bn_axis_name` field), and, for the networks d2l trains in the chapter,
+d2l's experiment setup (image size and model overrides), which the configs and the benchmark
+follow.
 """
 import dataclasses
 from typing import Any
@@ -25,8 +26,8 @@ from flaxcnn.models.vgg import VGG, VGG11_ARCH, VGG13_ARCH, VGG16_ARCH, VGG19_AR
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A registered model. `fields`: the module fields that make it that model (`create`'s
-    overrides replace them). `batch_norm_axis_field`: the field that names the pmap axis to
-    average BatchNorm statistics over, None for networks without BatchNorm.
+    overrides replace them). `has_batch_norm`: whether it has BatchNorm, whose statistics average
+    over the pmap axis named by its field `BATCH_NORM_AXIS_FIELD`.
     `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
     trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
     torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
@@ -34,16 +35,12 @@ class ModelSpec:
 
     module: type[nn.Module]
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
-    batch_norm_axis_field: str | None = None
+    has_batch_norm: bool = False
     d2l_image_size: int | None = None
     d2l_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    @property
-    def has_batch_norm(self) -> bool:
-        return self.batch_norm_axis_field is not None
 
-
-_BN = "bn_axis_name"  # the networks with BatchNorm all call their axis field this
+BATCH_NORM_AXIS_FIELD = "bn_axis_name"  # a BatchNorm network's field naming its statistics' pmap axis
 
 # In chapter order: `names()` and `chapter_models()` list the models in this order.
 _REGISTRY = {
@@ -54,20 +51,20 @@ _REGISTRY = {
     "vgg19": ModelSpec(VGG, {"conv_arch": VGG19_ARCH}),
     "nin": ModelSpec(NiN, d2l_image_size=224),
     "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
-    "inception_v3": ModelSpec(InceptionV3, batch_norm_axis_field=_BN, d2l_image_size=299),
-    "lenet_bn": ModelSpec(LeNetBN, batch_norm_axis_field=_BN, d2l_image_size=28),
-    "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, batch_norm_axis_field=_BN),
+    "inception_v3": ModelSpec(InceptionV3, has_batch_norm=True, d2l_image_size=299),
+    "lenet_bn": ModelSpec(LeNetBN, has_batch_norm=True, d2l_image_size=28),
+    "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, has_batch_norm=True),
     "resnet18": ModelSpec(ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))},
-                          batch_norm_axis_field=_BN, d2l_image_size=96),
-    "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, batch_norm_axis_field=_BN),
+                          has_batch_norm=True, d2l_image_size=96),
+    "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, has_batch_norm=True),
     "resnet50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True},
-                          batch_norm_axis_field=_BN),
+                          has_batch_norm=True),
     "resnext50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True,
                                     "cardinality": 32, "base_width": 4},
-                           batch_norm_axis_field=_BN, d2l_image_size=224),
-    "densenet": ModelSpec(DenseNet, batch_norm_axis_field=_BN, d2l_image_size=96),
+                           has_batch_norm=True, d2l_image_size=224),
+    "densenet": ModelSpec(DenseNet, has_batch_norm=True, d2l_image_size=96),
     "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
-                           batch_norm_axis_field=_BN, d2l_image_size=96),
+                           has_batch_norm=True, d2l_image_size=96),
 }
 
 
@@ -103,9 +100,9 @@ def create(name: str, *, num_classes: int = 10, dtype: Any = jnp.float32, batch_
     _check_name(name)
     entry = _REGISTRY[name]
     valid_fields = [f.name for f in dataclasses.fields(entry.module)
-                    if f.name not in ("parent", "name", entry.batch_norm_axis_field)]
+                    if f.name not in ("parent", "name", BATCH_NORM_AXIS_FIELD)]
     for field in overrides:
-        if field == entry.batch_norm_axis_field:
+        if field == BATCH_NORM_AXIS_FIELD and entry.has_batch_norm:
             raise ValueError(f"pass the BatchNorm axis of model {name!r} as batch_norm_axis=, not {field}=")
         if field not in valid_fields:
             raise ValueError(
@@ -113,5 +110,5 @@ def create(name: str, *, num_classes: int = 10, dtype: Any = jnp.float32, batch_
             )
     fields = {**entry.fields, "num_classes": num_classes, "dtype": dtype, **overrides}
     if entry.has_batch_norm:
-        fields[entry.batch_norm_axis_field] = batch_norm_axis
+        fields[BATCH_NORM_AXIS_FIELD] = batch_norm_axis
     return entry.module(**fields)
