@@ -2,14 +2,12 @@
 
     python train.py --config configs/nin.py [--workdir DIR] [--config.<field>=<value> ...]
 
-This file is the command line only: flags, config loading, errors as one line. The run itself is
-`flaxcnn.trainer.train_and_evaluate(config, workdir)`, which the notebook and the tests call too.
-Run it again with the same --workdir to resume. What it writes is listed in the README.
+The command line only: flags, the config file, the cluster, errors as one line. The run itself is
+`flaxcnn.trainer.train_and_evaluate(config, workdir)`; the same --workdir again resumes it.
 """
 from __future__ import annotations
 
 import difflib
-import logging as logging_lib
 import sys
 import time
 import traceback
@@ -79,14 +77,9 @@ def join_cluster():
     """Joins the processes' cluster when asked (see flaxcnn.cluster.requested)."""
     if cluster.requested(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
                          FLAGS.process_id):
-        try:
-            device_ids = [int(i) for i in FLAGS.local_device_ids or []] or None
-        except ValueError:
-            raise UserError(f"--local_device_ids={','.join(FLAGS.local_device_ids)} must be "
-                            "device numbers, e.g. 0,1") from None
         cluster.join(coordinator_address=FLAGS.coordinator_address,
                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                     local_device_ids=device_ids,
+                     local_device_ids=FLAGS.local_device_ids,
                      initialization_timeout=FLAGS.initialization_timeout,
                      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds)
 
@@ -96,31 +89,37 @@ def parse_flags(argv):
     path = config_file_argument(argv)
     if path is not None and not Path(path).is_file():
         sys.exit(missing_config_file(path))
-    quiet = logging_lib.getLogger("absl")  # ml_collections' own warnings would add a second line
-    level, quiet.level = quiet.level, logging_lib.ERROR
+    logging.set_verbosity(logging.ERROR)  # ml_collections' own warnings would add a second line
     try:
         parsed = FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(error_line(e))
     except Exception as e:  # pylint: disable=broad-except  # anything in the user's file
-        in_file = path is not None and [f for f in traceback.extract_tb(e.__traceback__)
-                                        if Path(f.filename).resolve() == Path(path).resolve()]
-        if isinstance(e, (AttributeError, KeyError)) and not in_file:
-            bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-            sys.exit(f"error: unknown config field {e} (in {', '.join(bad)}); the fields are in "
-                     "configs/default.py")
-        line = e.lineno if isinstance(e, SyntaxError) else in_file[-1].lineno if in_file else None
-        reason = f"SyntaxError: {e.msg}" if isinstance(e, SyntaxError) else first_line(
-            e, with_type=True)
-        sys.exit(f"error: config file {path} does not load ({reason}"
-                 + (f" at line {line}" if line else "") + "); fix it, or start from "
-                 "configs/default.py")
-    finally:
-        quiet.level = level
+        sys.exit(parse_error_line(e, path, argv))
     if path is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
         sys.exit(f"error: get_config() in {path} returned {type(FLAGS.config).__name__}, not a "
                  "ConfigDict; return the config (see configs/default.py)")
     return parsed
+
+
+def parse_error_line(error: Exception, path: str | None, argv) -> str:
+    """The one line for a failure of flag parsing: the --config file failing to load (an error
+    raised in it, found along the exception's causes), a bad flag value, or an unknown field."""
+    cause, here = error, Path(path or ".").resolve()
+    while path is not None and cause is not None:
+        lines = [f.lineno for f in traceback.extract_tb(cause.__traceback__)
+                 if Path(f.filename).resolve() == here]
+        if isinstance(cause, SyntaxError) and Path(cause.filename or ".").resolve() == here:
+            lines.append(cause.lineno)
+        if lines:
+            reason = (f"SyntaxError: {cause.msg}" if isinstance(cause, SyntaxError)
+                      else first_line(cause, with_type=True))
+            return (f"error: config file {path} does not load ({reason} at line {lines[-1]}); "
+                    "fix it, or start from configs/default.py")
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(error, (AttributeError, KeyError)):
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        return (f"error: unknown config field {error} (in {', '.join(bad)}); the fields are in "
+                "configs/default.py")
+    return error_line(error)
 
 
 def config_file_argument(argv) -> str | None:

@@ -52,13 +52,19 @@ def requested(distributed: bool | None, coordinator_address: str | None,
 
 
 def join(*, coordinator_address: str | None = None, num_processes: int | None = None,
-         process_id: int | None = None, local_device_ids: list[int] | None = None,
+         process_id: int | None = None, local_device_ids: list[int | str] | None = None,
          initialization_timeout: int = 60, heartbeat_timeout_seconds: int = 60):
     """`jax.distributed.initialize` with our timeouts, its errors as one-line UserErrors.
 
     Explicit flags must come as the set --coordinator_address, --num_processes, --process_id;
-    without them JAX detects a TPU pod, SLURM or Open MPI itself.
+    without them JAX detects a TPU pod, SLURM or Open MPI itself. `local_device_ids` may be the
+    --local_device_ids flag's strings.
     """
+    try:
+        local_device_ids = [int(i) for i in local_device_ids or []] or None
+    except ValueError:
+        raise UserError(f"--local_device_ids={','.join(map(str, local_device_ids))} must be "
+                        "device numbers, e.g. 0,1") from None
     explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
                 "--process_id": process_id}
     given = [k for k, v in explicit.items() if v is not None]

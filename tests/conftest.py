@@ -7,8 +7,10 @@ finished run read it, and tests that continue or damage a run start from a copy 
 an earlier epoch where they need one (`copy_run`). Real `train.py` processes (`launch_train`) are
 kept for what needs a process boundary: signals, kills, locks, exit codes and several processes.
 """
+import contextlib
 import fcntl
 import importlib
+import io
 import json
 import os
 import shutil
@@ -122,7 +124,29 @@ def copy_run(source, destination, *, epochs=None):
     return destination
 
 
-# --- train.py as a process ------------------------------------------------------------------
+# --- train.py in this process, and as a process -------------------------------------------
+
+
+def train_here(argv: list[str], monkeypatch) -> tuple[int, str, str]:
+    """`python train.py ARGS` in this process: train.py's own flag parsing and main, without a
+    second start-up of JAX; returns (exit code, stdout, stderr) as the process would have them
+    (a sys.exit message is printed on stderr, as Python does)."""
+    import train
+
+    for name in [name for name in train.FLAGS if name.startswith("config.")]:
+        delattr(train.FLAGS, name)  # ml_collections defines one per config field at each parse
+    train.FLAGS.unparse_flags()
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides here
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = train.main(train.parse_flags(argv))
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+    return code, out.getvalue(), err.getvalue()
+
 
 
 def launch_train(workdir, tfds_dir, *extra, devices=4, phases=False, stderr=subprocess.PIPE,

@@ -2,17 +2,14 @@
 
 Each ```bash block is a test: its commands run in order in a scratch folder that links to the
 checkout (so `runs/...` land there); train.py commands go through train.py's own flag parsing and
-main in this process (tests/test_train.py runs the real CLI in subprocesses), shrunk to one or two epochs on the bundled sample
+main in this process (conftest.train_here), shrunk to one or two epochs on the bundled sample
 at each model's smallest image size, the benchmark to two steps, `pip install` to a dry run and
 `tensorboard` to its start. The README's test command is what CI runs; it is checked, not re-run.
 """
-import contextlib
-import io
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import train
 from flaxcnn import models
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, train_here
 
 SETUP = "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt && "
 TEST_COMMAND = "python -m pytest -q -n 2"
@@ -89,7 +85,8 @@ def test_readme_block_runs(block, tmp_path, tfds_dir, monkeypatch):
         if args[0] == "tensorboard":
             run_tensorboard(args, tmp_path)
         elif args[1] == "train.py":
-            out = run_train_here(args[1:], monkeypatch)
+            code, out, err = train_here(args[1:], monkeypatch)
+            assert code == 0, f"{command}\n{out}\n{err}"
             assert "epoch " in out or "evaluated" in out, out
         else:
             result = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -102,26 +99,6 @@ def test_readme_block_runs(block, tmp_path, tfds_dir, monkeypatch):
     if any("eval_only=true" in command for command in block):
         assert (tmp_path / "runs" / "lenet" / "eval.jsonl").exists()
         assert '"epoch": 2' in (tmp_path / "runs" / "lenet" / "metrics.jsonl").read_text()
-
-
-def run_train_here(argv: list[str], monkeypatch) -> str:
-    """`python train.py ARGS` in this process (same flag parsing and main; no second start-up of
-    TensorFlow and JAX); returns what it printed, fails on a non-zero exit."""
-    for name in [name for name in train.FLAGS if name.startswith("config.")]:
-        delattr(train.FLAGS, name)  # ml_collections defines one per config field at each parse
-    train.FLAGS.unparse_flags()
-    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides here
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        code = train.main(train.parse_flags(argv))
-    assert code == 0, output.getvalue()
-    return output.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def run_tensorboard(args, cwd):

@@ -1,5 +1,9 @@
-"""train.py, the command line: one-line errors and non-zero exits (the run itself is tested through
-trainer.train_and_evaluate in test_trainer.py)."""
+"""train.py, the command line: one-line errors and non-zero exits, and the compilation cache across
+processes (the run itself is tested through trainer.train_and_evaluate in test_trainer.py).
+
+The mistakes run through train.py's own flag parsing and main in this process (conftest.train_here);
+one of them, and the cache, which only shows between processes, run as real processes.
+"""
 import json
 import os
 import subprocess
@@ -7,12 +11,21 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, train_here
 
 
 def run_cli(*args, **kwargs):
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, **kwargs)
+
+
+def test_a_mistake_in_a_real_process_is_one_line_and_exit_code_1(tfds_dir, tmp_path):
+    result = run_cli("--config", "configs/batchnorm.py", f"--workdir={tmp_path}",
+                     f"--config.data_dir={tfds_dir}", "--config.learning_rate=-1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --config.learning_rate must be a finite number above 0, e.g. 0.1, got -1.0"]
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("args,message", [
@@ -22,12 +35,13 @@ def run_cli(*args, **kwargs):
     (["--config.momentum=nan"], "error: --config.momentum must be a finite number in [0, 1)"),
     (["--config.num_epochs=1.5"], "error: flag --config.num_epochs=1.5: invalid literal for int()"),
 ])
-def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_path):
-    result = run_cli("--config", "configs/batchnorm.py", f"--workdir={tmp_path}",
-                     f"--config.data_dir={tfds_dir}", *args)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith(message)
-    assert "Traceback" not in result.stderr
+def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_path, monkeypatch):
+    code, out, err = train_here(["train.py", "--config", "configs/batchnorm.py",
+                                 f"--workdir={tmp_path}", f"--config.data_dir={tfds_dir}", *args],
+                                monkeypatch)
+    assert code != 0
+    assert err.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
@@ -41,16 +55,35 @@ def test_cli_errors_are_one_line_and_exit_non_zero(args, message, tfds_dir, tmp_
     ("import no_such_module\n", "does not load (ModuleNotFoundError: No module named"),
     ("def get_config():\n    pass\n", "returned NoneType, not a ConfigDict"),
 ])
-def test_a_config_file_that_is_missing_or_does_not_load_is_one_line(text, message, tmp_path):
+def test_a_config_file_that_is_missing_or_does_not_load_is_one_line(text, message, tmp_path,
+                                                                   monkeypatch):
     path = "configs/nni.py"
     if text is not None:
         path = str(tmp_path / "config.py")
         (tmp_path / "config.py").write_text(text)
-    result = run_cli("--config", path, f"--workdir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
-    assert message in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.chdir(REPO)
+    code, out, err = train_here(["train.py", "--config", path, f"--workdir={tmp_path / 'run'}"],
+                                monkeypatch)
+    assert code != 0
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_is_executed_once(tmp_path, monkeypatch):
+    counter = tmp_path / "loads"
+    (tmp_path / "config.py").write_text(
+        "from configs import batchnorm\n\n"
+        "def get_config():\n"
+        f"    with open({str(counter)!r}, 'a') as f:\n"
+        "        f.write('x')\n"
+        "    return batchnorm.get_config()\n")
+    monkeypatch.chdir(REPO)
+    code, _, err = train_here(["train.py", "--config", str(tmp_path / "config.py"),
+                               "--config.learning_rate=-1", f"--workdir={tmp_path / 'run'}"],
+                              monkeypatch)
+    assert code == 1 and "learning_rate must be" in err
+    assert counter.read_text() == "x"
 
 
 def test_a_rerun_compiles_nothing_with_the_compilation_cache(tfds_dir, tmp_path):
