@@ -53,6 +53,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop's defaults
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_TRIES = 10
+DRAWS = 2 * CROP_TRIES + 3  # uniform numbers per example: the crop's, then the flip's
 EVAL_CROP = 224 / 256  # d2l 14.2's CenterCrop(224) of a 256 x 256 image
 PAD_FRACTION = 1 / 8  # crop_flip: 4 pixels for 32 x 32 images
 _AUGMENT_STREAM = 0x61756720  # folded into the data key so augmentation draws its own numbers
@@ -85,20 +86,27 @@ def train_images(images, key, *, image_size: int, augment: str, normalize: str, 
     x = images.astype(jnp.float32) / 255.0
     if augment == "none":
         return _normalize(_resize(x, image_size), normalize).astype(dtype)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(first_index + jnp.arange(x.shape[0]))
-    crop_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-    flip_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    draws = example_draws(key, x.shape[0], first_index)
     if augment == "d2l_finetune":
-        x = jax.vmap(lambda image, k: resized_crop(image, resized_crop_box(k, *image.shape[:2]),
-                                                   image_size))(x, crop_keys)
+        x = jax.vmap(lambda image, u: resized_crop(image, resized_crop_box(u, *image.shape[:2]),
+                                                   image_size))(x, draws)
     elif augment == "crop_flip":
-        x = jax.vmap(_padded_crop)(_resize(x, image_size), crop_keys)
+        x = jax.vmap(_padded_crop)(_resize(x, image_size), draws)
     elif augment == "flip":
         x = _resize(x, image_size)
     else:
         raise ValueError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTS)}")
-    x = jax.vmap(_random_flip)(x, flip_keys)
+    flip = draws[:, -1] < 0.5
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1], x)
     return _normalize(x, normalize).astype(dtype)
+
+
+def example_draws(key, count: int, first_index=0) -> jax.Array:
+    """(count, DRAWS) uniform numbers in [0, 1): example e's from ``fold_in(key, first_index + e)``.
+    Its crop uses the first ones, its flip the last one (one random call each: XLA:CPU takes
+    seconds to compile every further one)."""
+    indices = first_index + jnp.arange(count)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (DRAWS,)))(indices)
 
 
 def eval_images(images, *, image_size: int, augment: str, normalize: str, dtype) -> jax.Array:
@@ -108,14 +116,15 @@ def eval_images(images, *, image_size: int, augment: str, normalize: str, dtype)
     return _normalize(x, normalize).astype(dtype)
 
 
-def resized_crop_box(key, height: int, width: int) -> jax.Array:
+def resized_crop_box(uniforms, height: int, width: int) -> jax.Array:
     """torchvision's RandomResizedCrop box (top, left, box height, box width), int32, for an
-    image of `height` x `width` (see the module docstring)."""
-    area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-    area = height * width * jax.random.uniform(area_key, (CROP_TRIES,), minval=CROP_SCALE[0],
-                                               maxval=CROP_SCALE[1])
-    ratio = jnp.exp(jax.random.uniform(ratio_key, (CROP_TRIES,), minval=math.log(CROP_RATIO[0]),
-                                       maxval=math.log(CROP_RATIO[1])))
+    image of `height` x `width`, from at least ``2 * CROP_TRIES + 2`` uniform numbers in [0, 1)
+    (see the module docstring)."""
+    u_area, u_ratio = uniforms[:CROP_TRIES], uniforms[CROP_TRIES:2 * CROP_TRIES]
+    u_top, u_left = uniforms[2 * CROP_TRIES], uniforms[2 * CROP_TRIES + 1]
+    area = height * width * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u_area)
+    log_low, log_high = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = jnp.exp(log_low + (log_high - log_low) * u_ratio)
     w = jnp.round(jnp.sqrt(area * ratio)).astype(jnp.int32)
     h = jnp.round(jnp.sqrt(area / ratio)).astype(jnp.int32)
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -123,10 +132,11 @@ def resized_crop_box(key, height: int, width: int) -> jax.Array:
     fallback_h, fallback_w = _fallback_box(height, width)
     h = jnp.where(fits.any(), h[first], fallback_h)
     w = jnp.where(fits.any(), w[first], fallback_w)
-    top = jnp.where(fits.any(), jax.random.randint(top_key, (), 0, height - h + 1),
-                    (height - h) // 2)
-    left = jnp.where(fits.any(), jax.random.randint(left_key, (), 0, width - w + 1),
-                     (width - w) // 2)
+    # A uniform whole-pixel position (torchvision: randint(0, height - h + 1)).
+    top = jnp.minimum(jnp.floor(u_top * (height - h + 1)).astype(jnp.int32), height - h)
+    left = jnp.minimum(jnp.floor(u_left * (width - w + 1)).astype(jnp.int32), width - w)
+    top = jnp.where(fits.any(), top, (height - h) // 2)
+    left = jnp.where(fits.any(), left, (width - w) // 2)
     return jnp.stack([top, left, h, w]).astype(jnp.int32)
 
 
@@ -168,16 +178,12 @@ def _resize(x, image_size: int) -> jax.Array:
     return x
 
 
-def _padded_crop(image, key) -> jax.Array:
+def _padded_crop(image, uniforms) -> jax.Array:
     size = image.shape[0]
     pad = max(1, int(round(size * PAD_FRACTION)))
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-    top, left = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+    top, left = jnp.minimum(jnp.floor(uniforms[:2] * (2 * pad + 1)), 2 * pad).astype(jnp.int32)
     return lax.dynamic_slice(padded, (top, left, 0), image.shape)
-
-
-def _random_flip(image, key) -> jax.Array:
-    return jnp.where(jax.random.bernoulli(key, 0.5), image[:, ::-1], image)
 
 
 def _normalize(x, normalize: str) -> jax.Array:
