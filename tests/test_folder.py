@@ -88,13 +88,18 @@ def test_a_mixed_folder_becomes_sorted_classes_and_uint8_rgb_squares(mixed, samp
     assert grey_jpeg < 8
 
 
-def test_a_grey_folder_with_valid_split_has_one_channel(tmp_path, sample):
+def test_a_grey_folder_with_valid_split_has_one_channel_and_a_progress_bar(tmp_path, sample,
+                                                                           monkeypatch, capsys):
     root = make_folder(tmp_path / "grey", sample, kinds=["grey.png", "grey.jpg", "tall.jpg"],
                        eval_split="valid")
-    data = folder.load_folder(str(root), data_dir=str(tmp_path / "cache"), store_size=16,
-                              progress=False)
+    monkeypatch.setattr(folder, "PROGRESS_FROM", 33)  # this folder's size
+    data = folder.load_folder(str(root), data_dir=str(tmp_path / "cache"), store_size=16)
     assert data.test_split == "valid" and data.channels == 1
     assert data.image_shape == (16, 16, 1) and len(data.test_labels) == 9
+    assert f"decoding {root}" in capsys.readouterr().err
+    folder.load_folder(str(root), data_dir=str(tmp_path / "cache2"), store_size=16,
+                       progress=False)
+    assert "decoding" not in capsys.readouterr().err
 
 
 def test_store_image_resizes_the_shorter_side_and_crops_the_centre_square():
