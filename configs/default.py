@@ -17,11 +17,15 @@ def get_config():
     config.sync_batch_stats = True                     # BatchNorm statistics over the global batch (False: per device)
 
     # Data
-    config.dataset = "fashion_mnist"                   # a tfds image-classification dataset, or fashion_mnist_sample
+    config.dataset = "fashion_mnist"                   # a tfds image-classification dataset, fashion_mnist_sample, or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)
     config.data_dir = ""                               # tfds data_dir ("" = tfds's default)
     config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
     config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
     config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
+    config.folder_store_size = 256                     # folder:PATH images are kept as squares of this side (shorter side resized, centre crop)
+    config.folder_skip_bad = False                     # folder:PATH: skip (and count) unreadable image files instead of stopping
+    config.augment = "none"                            # on-device training augmentation: none, flip, crop_flip, d2l_finetune (flaxcnn.augment)
+    config.normalize = "none"                          # per-channel input normalization: none, or imagenet (torchvision's mean/std)
 
     # Optimisation
     config.batch_size = 128                            # global batch, split over all devices
