@@ -22,6 +22,10 @@ def get_config():
     config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
     config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
     config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
+    config.folder_store_size = 256                     # folder:PATH datasets: shorter side resized to this, then center crop
+    config.folder_skip_bad = False                     # folder:PATH datasets: skip (and count) unreadable files instead of stopping
+    config.augment = "none"                            # none, flip, crop_flip, d2l_finetune (d2l 14.2's transforms)
+    config.normalize = "none"                          # none, or imagenet (torchvision's per-channel mean and std)
 
     # Optimisation
     config.batch_size = 128                            # global batch, split over all devices
