@@ -118,7 +118,7 @@ def _restore_newest(directory: Path, target: Any) -> tuple[int, dict]:
     level = absl.level
     absl.setLevel(logging.ERROR)  # Orbax warns that a read-only manager is read-only
     try:
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        manager = ocp.CheckpointManager(directory.absolute(), options=ocp.CheckpointManagerOptions(
             read_only=True, create=False, save_interval_steps=0))
     finally:
         absl.setLevel(level)

@@ -1,7 +1,9 @@
 """`python -m flaxcnn.export`: the run's forward function, reloaded where flaxcnn is not."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import flaxcnn
 from flaxcnn import export
 from flaxcnn.datasets import FASHION_MNIST_CLASSES
 from flaxcnn.runs import eval_logits
+from tests.conftest import REPO
 from tests.trained_run import sample_test_images, trained_run
 
 BATCH_SIZES = (1, 3, 8)
@@ -90,3 +93,12 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no config.json, so it is not a flaxcnn run" in err
+
+
+def test_the_readmes_reload_example_runs(exported):
+    text = (Path(REPO) / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                  if "deserialize" in b]
+    namespace = {}
+    exec(example.replace("runs/lenet-export", str(exported)), namespace)  # pylint: disable=exec-used
+    assert namespace["logits"].shape == (2, 10)

@@ -1,8 +1,10 @@
 """flaxcnn.load_run and `python -m flaxcnn.predict`: a finished run used on image files."""
 import json
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -99,8 +101,9 @@ def test_read_image_covers_the_shape_then_center_crops(files, tmp_path):
     assert predict.read_image(files["grey.png"], (28, 28, 3)).shape == (28, 28, 3)
 
 
-def test_cli_prints_the_top_classes_and_json_that_parses(run, files, capsys):
-    assert predict.main(["--workdir", str(run), str(files["grey.png"]), "--top", "3"]) == 0
+def test_cli_prints_the_top_classes_and_json_that_parses(run, files, capsys, monkeypatch):
+    monkeypatch.chdir(run.parent)  # a relative --workdir, as typed
+    assert predict.main(["--workdir", run.name, str(files["grey.png"]), "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(files["grey.png"]) and len(lines) == 4
     assert lines[1].split(maxsplit=1)[1] in FASHION_MNIST_CLASSES
@@ -157,3 +160,12 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one_and_changes_noth
     assert f"checkpoint {newest} cannot be read" in capsys.readouterr().err
     _, original, _ = loaded
     jax.tree.map(np.testing.assert_array_equal, variables, original)
+
+
+def test_the_readmes_load_run_example_runs(run, capsys, monkeypatch):
+    text = (Path(REPO) / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_run" in b]
+    monkeypatch.chdir(REPO)  # the image path is the checkout's
+    exec(example.replace("runs/lenet-files", str(run)), {})  # pylint: disable=exec-used
+    name, probability = capsys.readouterr().out.strip().rsplit(" ", 1)
+    assert name in FASHION_MNIST_CLASSES and 0.1 <= float(probability) <= 1
