@@ -58,15 +58,19 @@ def load_run(workdir) -> tuple[nn.Module, dict, RunInfo]:
     run without a complete checkpoint, or checkpoints that no longer fit the model's code."""
     workdir = Path(workdir)
     config, run_info = _read_json(workdir, "config.json"), _read_json(workdir, "run_info.json")
-    model = models.create(config["model"], num_classes=run_info["num_classes"],
-                          dtype=getattr(jnp, config["dtype"]), **config["model_overrides"])
-    recorded = run_info.get("input", {})
-    stored = recorded.get("stored_shape")
-    info = RunInfo(workdir=workdir, config=config, class_names=tuple(run_info["class_names"]),
-                   image_size=config["image_size"], channels=run_info["channels"],
-                   stored_shape=tuple(stored) if stored else None,
-                   normalize=recorded.get("normalize", "none"),
-                   augment=recorded.get("augment", "none"), dtype=config["dtype"], step=-1)
+    try:
+        model = models.create(config["model"], num_classes=run_info["num_classes"],
+                              dtype=getattr(jnp, config["dtype"]), **config["model_overrides"])
+        recorded = run_info.get("input", {})
+        stored = recorded.get("stored_shape")
+        info = RunInfo(workdir=workdir, config=config, class_names=tuple(run_info["class_names"]),
+                       image_size=config["image_size"], channels=run_info["channels"],
+                       stored_shape=tuple(stored) if stored else None,
+                       normalize=recorded.get("normalize", "none"),
+                       augment=recorded.get("augment", "none"), dtype=config["dtype"], step=-1)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # another version's files
+        raise UserError(f"{workdir} holds a run this flaxcnn cannot build "
+                        f"({first_line(e, with_type=True)}); use the flaxcnn that trained it") from None
     shape = (1, info.image_size, info.image_size, info.channels)
     target = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
                                                train=False))

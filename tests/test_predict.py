@@ -144,6 +144,19 @@ def test_a_folder_that_is_not_a_run_or_has_no_checkpoint_is_one_line(run, files,
         flaxcnn.load_run(tmp_path)
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_in_one_line(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    info = json.loads((workdir / "run_info.json").read_text())
+    (workdir / "run_info.json").write_text(json.dumps({**info, "num_classes": 5}))
+    with pytest.raises(UserError, match=r"does not fit the model .*params/Dense_2/bias"):
+        flaxcnn.load_run(workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    (workdir / "config.json").write_text(json.dumps({**config, "model": "lenet9"}))
+    with pytest.raises(UserError, match="holds a run this flaxcnn cannot build .*lenet9"):
+        flaxcnn.load_run(workdir)
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one_and_changes_nothing(
         run, loaded, tmp_path, capsys):
     workdir = tmp_path / "run"
