@@ -74,6 +74,10 @@ class Outputs:
             "image_size": config.image_size, "channels": info.channels,
             "num_classes": info.num_classes, "class_names": list(info.class_names),
             "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+            # What flaxcnn.runs.load_run needs to feed new images like the run's test images:
+            # their shape before the eval transform (None: any size, resized to image_size).
+            "input": {"stored_shape": list(info.image_shape) if info.image_shape else None,
+                      "augment": config.augment, "normalize": config.normalize},
         }, indent=2) + "\n")
         # Epochs after the restored checkpoint are trained again: drop their stale lines.
         kept = [record for record in self.records() if record["epoch"] <= epoch]

@@ -1,0 +1,104 @@
+"""`python -m flaxcnn.export`: the run's forward function, reloaded where flaxcnn is not."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flaxcnn
+from flaxcnn import export
+from flaxcnn.datasets import FASHION_MNIST_CLASSES
+from flaxcnn.runs import eval_logits
+from tests.conftest import REPO
+from tests.trained_run import sample_test_images, trained_run
+
+BATCH_SIZES = (1, 3, 8)
+
+# Run in a fresh process, outside the checkout: only jax (and TensorFlow) read the export.
+RELOAD = """
+import sys
+import numpy as np
+from jax import export
+images = np.load(sys.argv[2])
+exported = export.deserialize(open(sys.argv[1] + "/model.jax", "rb").read())
+outputs = {f"jax{n}": np.asarray(exported.call(images[:n])) for n in %(sizes)r}
+import tensorflow as tf
+served = tf.saved_model.load(sys.argv[1] + "/saved_model").serve
+outputs.update({f"tf{n}": served(images[:n]).numpy() for n in %(sizes)r})
+assert not any(name.startswith("flaxcnn") for name in sys.modules)
+np.savez(sys.argv[3], **outputs)
+""" % {"sizes": BATCH_SIZES}
+
+
+@pytest.fixture(scope="module")
+def run(tfds_dir, tmp_path_factory):
+    return trained_run(tfds_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "lenet"
+    export.export(run, out, format="saved_model")
+    return out
+
+
+def test_the_export_gives_load_runs_logits_in_a_fresh_process_at_any_batch_size(
+        run, exported, tmp_path):
+    images = sample_test_images()[0][:max(BATCH_SIZES)]
+    np.save(tmp_path / "images.npy", images)
+    result = subprocess.run([sys.executable, "-c", RELOAD, str(exported), str(tmp_path / "images.npy"),
+                             str(tmp_path / "logits.npz")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, variables, info = flaxcnn.load_run(run)
+    expected = np.asarray(eval_logits(model, variables, info, images))
+    reloaded = np.load(tmp_path / "logits.npz")
+    for n in BATCH_SIZES:
+        for kind in ("jax", "tf"):
+            assert reloaded[f"{kind}{n}"].dtype == np.float32
+            np.testing.assert_allclose(reloaded[f"{kind}{n}"], expected[:n], rtol=1e-5, atol=1e-5)
+
+
+def test_the_spec_says_what_the_export_expects(run, exported):
+    spec = json.loads((exported / "model.json").read_text())
+    assert spec["input"]["shape"] == [None, 28, 28, 1] and spec["input"]["dtype"] == "uint8"
+    assert spec["output"]["shape"] == [None, 10] and spec["class_names"] == list(FASHION_MNIST_CLASSES)
+    assert (spec["normalize"], spec["image_size"], spec["model"]) == ("none", 28, "lenet_bn")
+    assert spec["files"] == {"jax_export": "model.jax", "saved_model": "saved_model"}
+    assert spec["step"] == json.loads((run / "metrics.jsonl").read_text())["step"]
+
+
+def test_an_earlier_export_is_never_replaced(run, exported, capsys):
+    before = (exported / "model.jax").read_bytes()
+    assert export.main(["--workdir", str(run), "--out", str(exported)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds an export (model.jax, model.json)" in err
+    assert (exported / "model.jax").read_bytes() == before
+
+
+def test_saved_model_without_tensorflow_is_one_line_and_writes_nothing(run, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow now fails
+    out = tmp_path / "export"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "saved_model"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs TensorFlow, which is not installed here" in err
+    assert not out.exists()
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    assert export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no config.json, so it is not a flaxcnn run" in err
+
+
+def test_the_readmes_reload_example_runs(exported):
+    text = (Path(REPO) / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                  if "deserialize" in b]
+    namespace = {}
+    exec(example.replace("runs/lenet-export", str(exported)), namespace)  # pylint: disable=exec-used
+    assert namespace["logits"].shape == (2, 10)
