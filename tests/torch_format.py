@@ -42,7 +42,7 @@ def _tensor(key: str, array: np.ndarray) -> bytes:
 
 def state_dict_pickle(state: dict) -> bytes:
     """data.pkl for `state` ({name: array})."""
-    items = b"".join(_text(name) + _tensor(str(key), np.ascontiguousarray(array))
+    items = b"".join(_text(name) + _tensor(str(key), np.array(array, order="C"))
                      for key, (name, array) in enumerate(state.items()))
     return b"\x80\x02" + _global("collections", "OrderedDict") + b")R(" + items + b"u."
 
@@ -54,6 +54,6 @@ def write_pth(path, state: dict, archive_name: str = "archive", pickle_bytes: by
         archive.writestr(f"{archive_name}/data.pkl", pickle_bytes or state_dict_pickle(state))
         archive.writestr(f"{archive_name}/byteorder", "little")
         for key, array in enumerate(state.values()):
-            archive.writestr(f"{archive_name}/data/{key}", np.ascontiguousarray(array).astype(
+            archive.writestr(f"{archive_name}/data/{key}", np.array(array, order="C").astype(
                 array.dtype.newbyteorder("<")).tobytes())
         archive.writestr(f"{archive_name}/version", "3\n")

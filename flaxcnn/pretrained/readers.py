@@ -111,20 +111,24 @@ def _read_torch_zip(path) -> dict:
 def _read_with_torch(path) -> dict:
     import torch
 
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path}: torch cannot read it as a checkpoint: {first_line(e)}") from e
     if not isinstance(loaded, dict):
         return loaded
-    return {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy() if torch.is_tensor(value)
-            else value for key, value in loaded.items()}
+
+    def as_numpy(tensor):
+        tensor = tensor.detach()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+    return {key: as_numpy(value) if torch.is_tensor(value) else value for key, value in loaded.items()}
 
 
 def read_pth(path) -> dict[str, np.ndarray]:
     """A torch state dict file as {name: array}: with torch if installed, else without it."""
     if importlib.util.find_spec("torch") is not None:
-        try:
-            state = _read_with_torch(path)
-        except Exception as e:
-            raise UserError(f"{path}: torch cannot read it as a checkpoint: {first_line(e)}") from e
+        state = _read_with_torch(path)
     elif zipfile.is_zipfile(path):
         try:
             state = _read_torch_zip(path)
