@@ -446,6 +446,12 @@ def test_inception_v3_aux_logits_keep_the_trainers_interface():
     assert "Mixed_7c" in calls and not any(call.startswith("AuxLogits") for call in calls)
 
 
+def test_inception_v3_transform_input_takes_rgb_only():
+    with pytest.raises(ValueError, match="transform_input needs RGB images"):
+        abstract_init(models.create("inception_v3", transform_input=True), (1, 75, 75, 1))
+    assert abstract_init(models.create("inception_v3", transform_input=True), (1, 75, 75, 3))
+
+
 def test_inception_v3_with_aux_logits_needs_299_pixels(monkeypatch):
     model = models.create("inception_v3", aux_logits=True)
     assert model.min_input_size == 299

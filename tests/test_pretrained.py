@@ -47,14 +47,19 @@ def reference_state(name):
     return {key: _tensor(key, tuple(shape), dtype) for key, shape, dtype in manifest(name)["state_dict"]}
 
 
+def images_compared(name):
+    """Both reference images; one for the VGGs, whose 15-20 GFLOPs an image are most of the time."""
+    return 1 if name.startswith("vgg") else 2
+
+
 def logits_of(name, variables, **overrides):
     model = models.create(name, num_classes=1000, **pretrained.model_fields(name), **overrides)
-    image = jnp.asarray(reference_input(manifest(name)["image_size"]).transpose(0, 2, 3, 1))
-    return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, image))
+    images = reference_input(manifest(name)["image_size"])[:images_compared(name)]
+    return np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images.transpose(0, 2, 3, 1)))
 
 
 def assert_torchvisions_logits(name, variables):
-    reference = np.load(FIXTURES / "pretrained" / f"{name}_logits.npy")
+    reference = np.load(FIXTURES / "pretrained" / f"{name}_logits.npy")[:images_compared(name)]
     # float32 to 1e-4 relative; logits near zero get 1e-4 of the largest one
     np.testing.assert_allclose(logits_of(name, variables), reference, rtol=1e-4,
                                atol=1e-4 * np.abs(reference).max())

@@ -54,6 +54,6 @@ def write_pth(path, state: dict, archive_name: str = "archive", pickle_bytes: by
         archive.writestr(f"{archive_name}/data.pkl", pickle_bytes or state_dict_pickle(state))
         archive.writestr(f"{archive_name}/byteorder", "little")
         for key, array in enumerate(state.values()):
-            archive.writestr(f"{archive_name}/data/{key}", np.array(array, order="C").astype(
-                array.dtype.newbyteorder("<")).tobytes())
+            with archive.open(f"{archive_name}/data/{key}", "w", force_zip64=True) as storage:
+                storage.write(np.asarray(array, array.dtype.newbyteorder("<"), order="C").reshape(-1).data)
         archive.writestr(f"{archive_name}/version", "3\n")
