@@ -39,6 +39,11 @@ def get_config():
     config.warmup_epochs = 0.0
     config.seed = 0                                    # fixes initialisation, data order and dropout
 
+    # Fine-tuning (d2l 14.2; flaxcnn.pretrained)
+    config.init_from = ""                              # torchvision:<name>, hf-hub:<repo>, or a .pth/.pt/.safetensors file
+    config.head_lr_multiplier = 1.0                    # the final classifier learns this many times faster (d2l: 10)
+    config.freeze = "none"                             # none, or backbone: train only the final classifier
+
     # Checkpoints (<workdir>/checkpoints)
     config.checkpoint_every_epochs = 1
     config.max_checkpoints = 3

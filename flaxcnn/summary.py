@@ -1,11 +1,15 @@
 """Per-layer shapes, parameter counts and forward FLOPs of the zoo's models.
 
     python -m flaxcnn.summary --model resnet18 --image-size 96 [--channels 1] [--num-classes 10]
+    python -m flaxcnn.summary --model resnet50 --init-from hf-hub:timm/resnet50.tv_in1k
 
 The table is flax's own `nn.tabulate` (output shape and parameters of every layer), the
 FLOPs are XLA's cost analysis of the forward pass (evaluation mode, batch of one), counted on the
 host CPU whatever the backend (flaxcnn.flops).
 Everything runs on abstract shapes, so even the largest models are summarised in seconds.
+With --init-from (a source of flaxcnn.pretrained: torchvision:<name>, hf-hub:<repo>, a .pth, .pt or
+.safetensors file) it lists instead where each of the checkpoint's tensors goes in the model, or
+reports in one line the first tensor that does not fit.
 """
 import argparse
 import sys
@@ -16,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import flops, models
+from flaxcnn import flops, models, pretrained
+from flaxcnn.errors import UserError, error_line
 
 
 def param_count(variables_or_params) -> int:
@@ -53,6 +58,14 @@ def layer_table(name: str, image_size: int, channels: int = 1, num_classes: int 
     return tabulate(jnp.zeros((1, image_size, image_size, channels)), train=False)
 
 
+def placement_table(name: str, source: str) -> str:
+    """One line per tensor of `source`: torch name and shape -> flax variable and shape."""
+    rows = pretrained.describe(name, source)
+    width = max(len(torch_name) + len(str(shape)) for torch_name, shape, _, _ in rows) + 1
+    lines = [f"{f'{t} {s}':<{width}} -> {flax_name} {flax_shape}" for t, s, flax_name, flax_shape in rows]
+    return "\n".join(lines + [f"{len(rows)} tensors of {source} placed into {name}"])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flaxcnn.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=models.names(), metavar="NAME",
@@ -61,7 +74,15 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--depth", type=int, default=1, help="how many levels of nested modules to list")
+    parser.add_argument("--init-from", metavar="SOURCE",
+                        help="list where each tensor of this pretrained checkpoint goes instead")
     args = parser.parse_args(argv)
+    if args.init_from:
+        try:
+            print(placement_table(args.model, args.init_from))
+        except UserError as e:
+            sys.exit(error_line(e))
+        return
     min_size = models.create(args.model).min_input_size
     if args.image_size < min_size:
         parser.error(f"{args.model} needs inputs of at least {min_size}x{min_size} pixels, "

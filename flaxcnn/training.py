@@ -12,20 +12,23 @@ one pmapped call, so the host touches the devices about once a second, never onc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
+from flax import struct, traverse_util
 from flax.training import train_state
 from jax import lax
 
 from flaxcnn import models
+from flaxcnn.errors import UserError
 from flaxcnn.replicas import AXIS
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+FREEZE = ("none", "backbone")  # fine-tuning: train everything, or only the final classifier
 
 
 class TrainState(train_state.TrainState):
@@ -68,8 +71,18 @@ class RunState(struct.PyTreeNode):
 
 def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 0.9,
                      weight_decay: float = 0.0, lr_schedule: str = "constant",
-                     warmup_epochs: float = 0.0, num_epochs: int = 1, steps_per_epoch: int = 1):
-    """Returns `(tx, schedule)`: an optax transformation and its step -> learning-rate function."""
+                     warmup_epochs: float = 0.0, num_epochs: int = 1, steps_per_epoch: int = 1,
+                     head_lr_multiplier: float = 1.0, freeze: str = "none",
+                     head_paths: Sequence[str] = ()):
+    """Returns `(tx, schedule)`: an optax transformation and its step -> learning-rate function.
+
+    Fine-tuning (d2l 14.2) splits the params in two groups, the final classifier at `head_paths`
+    (the registry's `models.head_paths(name)`) and the backbone: the head trains with
+    `head_lr_multiplier` times the schedule's learning rate, and `freeze="backbone"` leaves the
+    backbone's params unchanged (`optax.set_to_zero`). Each group gets its own copy of the same
+    optimizer (`optax.multi_transform`), so both options compose with every optimizer and schedule;
+    `schedule` stays the backbone's. Check the options first with `check_finetune_options`.
+    """
     if lr_schedule == "constant":
         schedule = optax.constant_schedule(learning_rate)
     elif lr_schedule == "cosine":
@@ -79,18 +92,63 @@ def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 
             init_value=0.0, peak_value=learning_rate, warmup_steps=warmup, decay_steps=total)
     else:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
-
-    if optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=weight_decay), schedule
-    if optimizer == "sgd":
-        tx = optax.sgd(schedule)
-    elif optimizer in ("momentum", "nesterov"):
-        tx = optax.sgd(schedule, momentum=momentum, nesterov=optimizer == "nesterov")
-    else:
+    if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if freeze not in FREEZE:
+        raise ValueError(f"unknown freeze {freeze!r}; use one of {', '.join(FREEZE)}")
+
+    def make(rate):
+        return _optimizer(optimizer, rate, momentum=momentum, weight_decay=weight_decay)
+
+    if head_lr_multiplier == 1.0 and freeze == "none":
+        return make(schedule), schedule
+    groups = {"head": make(lambda step: schedule(step) * head_lr_multiplier),
+              "backbone": optax.set_to_zero() if freeze == "backbone" else make(schedule)}
+    return optax.multi_transform(groups, functools.partial(param_labels, head_paths=head_paths)), schedule
+
+
+def _optimizer(optimizer: str, schedule, *, momentum: float, weight_decay: float):
+    if optimizer == "adamw":
+        return optax.adamw(schedule, weight_decay=weight_decay)
+    tx = optax.sgd(schedule, momentum=momentum if optimizer != "sgd" else None,
+                   nesterov=optimizer == "nesterov")
     if weight_decay:
         tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)  # L2 as in torch.optim.SGD
-    return tx, schedule
+    return tx
+
+
+def param_labels(params, head_paths: Sequence[str]):
+    """The params tree with "head" at every leaf under one of `head_paths` ("/"-separated, e.g.
+    "AuxLogits/fc"), "backbone" elsewhere: optax.multi_transform's labels."""
+    heads = [tuple(path.split("/")) for path in head_paths]
+    return traverse_util.path_aware_map(
+        lambda path, _: "head" if any(tuple(path[:len(h)]) == h for h in heads) else "backbone", params)
+
+
+def check_finetune_options(*, init_from: str, head_lr_multiplier: float, freeze: str) -> None:
+    """Raises UserError, one line, for fine-tuning options that make no sense together."""
+    if freeze not in FREEZE:
+        raise UserError(f"--config.freeze={freeze!r} is not one of: {', '.join(FREEZE)}")
+    if not head_lr_multiplier > 0:
+        raise UserError(f"--config.head_lr_multiplier={head_lr_multiplier} must be positive (d2l 14.2 uses 10)")
+    if not init_from and head_lr_multiplier != 1.0:
+        raise UserError("--config.head_lr_multiplier needs --config.init_from: from scratch there is no "
+                        "pretrained backbone for the head to outpace")
+    if not init_from and freeze != "none":
+        raise UserError("--config.freeze=backbone needs --config.init_from: a frozen random backbone "
+                        "learns nothing")
+
+
+def frozen_batch_stats(batch_stats, freeze: str):
+    """A tree like `batch_stats` of bools: True where the statistics stay as loaded. With
+    freeze="backbone" that is all of them (no model's head has BatchNorm)."""
+    return jax.tree.map(lambda _: freeze == "backbone", batch_stats)
+
+
+def keep_frozen_batch_stats(old_stats, new_stats, frozen):
+    """The batch statistics after a train step: `old_stats` where `frozen` (from `frozen_batch_stats`,
+    a Python-bool tree, static under jit) says so, the step's `new_stats` elsewhere."""
+    return jax.tree.map(lambda keep, old, new: old if keep else new, frozen, old_stats, new_stats)
 
 
 def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed: int = 0,

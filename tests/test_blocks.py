@@ -10,7 +10,7 @@ from flaxcnn.models.densenet import DenseBlock, TransitionBlock
 from flaxcnn.models.googlenet import Inception
 from flaxcnn.models.inception import InceptionA, InceptionAux, InceptionB, InceptionC, InceptionD, InceptionE
 from flaxcnn.models.nin import nin_block
-from flaxcnn.models.resnet import Bottleneck, ResNeXtBlock, Residual
+from flaxcnn.models.resnet import BasicBlock, Bottleneck, ResNet, ResNeXtBlock, Residual
 from flaxcnn.models.vgg import vgg_block
 from flaxcnn.summary import param_count
 
@@ -69,6 +69,28 @@ def test_residual_with_projection_halves_height_and_width_at_stride_2(size, halv
     assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Conv_2"]
     assert variables["params"]["Conv_2"]["kernel"].shape == (1, 1, 8, 16)
     assert variables["params"]["Conv_2"]["bias"].shape == (16,)
+
+
+def test_torchvisions_basic_block_keeps_the_shape_with_an_identity_shortcut():
+    shape, variables = output_and_variables(BasicBlock(8, EVAL_NORM), (2, 9, 9, 8))
+    assert shape == (2, 9, 9, 8)
+    assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1"]
+    assert all("bias" not in variables["params"][f"Conv_{i}"] for i in range(2))
+
+
+def test_torchvisions_basic_block_projects_with_batch_norm_at_stride_2():
+    shape, variables = output_and_variables(BasicBlock(16, EVAL_NORM, strides=2), (2, 9, 9, 8))
+    assert shape == (2, 5, 5, 16)
+    params = variables["params"]
+    # unlike d2l's Residual: a bias-free 1x1 convolution and a BatchNorm on the shortcut
+    assert sorted(params) == ["BatchNorm_0", "BatchNorm_1", "BatchNorm_2", "Conv_0", "Conv_1", "Conv_2"]
+    assert params["Conv_2"]["kernel"].shape == (1, 1, 8, 16) and "bias" not in params["Conv_2"]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 8, 16)  # the stride sits on the first 3x3
+
+
+def test_resnet_refuses_an_unknown_block_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown ResNet block 'wide'; use one of residual, basic, bottleneck"):
+        ResNet(block="wide").init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
 
 
 def test_bottleneck_keeps_the_shape_at_stride_1_with_an_identity_shortcut():

@@ -37,6 +37,10 @@ PARAM_COUNTS = {
     "lenet_bn_scratch": (28, 44_878),
     "resnet18": (96, 11_178_378),
     "resnet34": (96, 21_290_250),
+    # torchvision's resnet18/34(num_classes=10) with a 1-channel conv1, counted with torch 2.13 /
+    # torchvision 0.28 (tests/fixtures/make_pretrained_references.py's venv), 2026-12-01
+    "tv_resnet18": (96, 11_175_370),
+    "tv_resnet34": (96, 21_283_530),
     "resnet50": (96, 23_522_250),
     "resnext50": (224, 22_994_122),
     "densenet": (96, 758_226),
@@ -44,12 +48,13 @@ PARAM_COUNTS = {
 }
 MIN_INPUT_SIZES = {
     "alexnet": 65, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32, "nin": 67, "googlenet": 1,
-    "inception_v3": 75, "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "resnet50": 1,
+    "inception_v3": 75, "lenet_bn": 16, "lenet_bn_scratch": 16, "resnet18": 1, "resnet34": 1, "tv_resnet18": 1, "tv_resnet34": 1, "resnet50": 1,
     "resnext50": 1, "densenet": 29, "regnetx32": 1,
 }
 # BatchNorm statistics (mean and variance values) of the networks with BatchNorm; d2l's ResNets have
 # no BatchNorm on the 1x1 shortcut, torchvision's (resnet50, resnext50) have
 BATCH_STATS = {"lenet_bn": 452, "lenet_bn_scratch": 452, "resnet18": 7_808, "resnet34": 15_232,
+               "tv_resnet18": 9_600, "tv_resnet34": 17_024,  # running_mean + running_var, torch as above
                "resnet50": 53_120, "resnext50": 68_224, "densenet": 6_608, "regnetx32": 3_936,
                "inception_v3": 34_432}
 WITH_DROPOUT = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "nin", "inception_v3"}
@@ -188,6 +193,22 @@ def test_chapter_models_are_those_d2l_trains_in_chapter_order():
         assert all(getattr(models.create(name), field) == value for field, value in spec.fields.items())
     assert models.spec("vgg11").d2l_overrides == {"width_divisor": 4}
     assert models.spec("resnet18").d2l_image_size == 96
+
+
+def test_the_registry_says_whose_layout_each_model_has_and_names_its_head():
+    torchvision = {"vgg11", "vgg13", "vgg16", "vgg19", "inception_v3", "tv_resnet18", "tv_resnet34", "resnet50",
+                   "resnext50"}
+    assert {name for name in models.names() if models.spec(name).layout == "torchvision"} == torchvision
+    assert {models.spec(name).layout for name in models.names()} == {"d2l", "torchvision"}
+    for name in models.names():  # the head is the layer whose outputs are the classes
+        size = PARAM_COUNTS[name][0]
+        params = abstract_init(models.create(name, num_classes=7, **({"aux_logits": True} if name == "inception_v3"
+                                                                     else {})), (1, size, size, 1))["params"]
+        for path in models.head_paths(name):
+            layer = params
+            for key in path.split("/"):
+                layer = layer[key]
+            assert all(leaf.shape[-1] == 7 for leaf in jax.tree.leaves(layer) if leaf.ndim) or name == "nin"
 
 
 def test_spec_is_a_copy_and_knows_only_registered_names():
@@ -425,6 +446,12 @@ def test_inception_v3_aux_logits_keep_the_trainers_interface():
     assert "Mixed_7c" in calls and not any(call.startswith("AuxLogits") for call in calls)
 
 
+def test_inception_v3_transform_input_takes_rgb_only():
+    with pytest.raises(ValueError, match="transform_input needs RGB images"):
+        abstract_init(models.create("inception_v3", transform_input=True), (1, 75, 75, 1))
+    assert abstract_init(models.create("inception_v3", transform_input=True), (1, 75, 75, 3))
+
+
 def test_inception_v3_with_aux_logits_needs_299_pixels(monkeypatch):
     model = models.create("inception_v3", aux_logits=True)
     assert model.min_input_size == 299
@@ -603,6 +630,7 @@ def test_train_and_eval_differ_only_by_dropout_and_batch_norm(name):
 
 # BatchNorm layers per network with BatchNorm
 BATCH_NORM_LAYERS = {"lenet_bn": 4, "lenet_bn_scratch": 4, "resnet18": 17, "resnet34": 33, "resnet50": 53,
+                     "tv_resnet18": 20, "tv_resnet34": 36,
                      "resnext50": 53, "densenet": 21, "regnetx32": 33, "inception_v3": 94}
 
 

@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from flaxcnn import pipelines, replicas, runtime, training
@@ -152,6 +153,88 @@ def test_unknown_optimizer_or_schedule_is_refused(field, value):
     kwargs = {"optimizer": "sgd", "learning_rate": 0.1, field: value}
     with pytest.raises(ValueError, match=value):
         training.create_optimizer(**kwargs)
+
+
+# a toy params tree with a backbone and a head (the registry's head paths are "/"-separated)
+TOY_PARAMS = {"Conv_0": {"kernel": jnp.ones((2,))}, "Dense_0": {"kernel": jnp.ones((2,)), "bias": jnp.ones(())},
+              "AuxLogits": {"fc": {"kernel": jnp.ones((2,))}, "conv0": {"kernel": jnp.ones((2,))}}}
+TOY_HEAD = ("Dense_0", "AuxLogits/fc")
+
+
+def one_step(tx, params=TOY_PARAMS, steps=1):
+    """params after `steps` updates with gradient 1 everywhere."""
+    opt_state = tx.init(params)
+    for _ in range(steps):
+        updates, opt_state = tx.update(jax.tree.map(jnp.ones_like, params), opt_state, params)
+        params = jax.tree.map(jnp.add, params, updates)
+    return params
+
+
+def test_param_labels_name_the_head_and_the_backbone():
+    labels = training.param_labels(TOY_PARAMS, TOY_HEAD)
+    assert labels == {"Conv_0": {"kernel": "backbone"}, "Dense_0": {"kernel": "head", "bias": "head"},
+                      "AuxLogits": {"fc": {"kernel": "head"}, "conv0": {"kernel": "backbone"}}}
+
+
+def test_the_head_learns_with_the_multiplier_times_the_learning_rate():
+    tx, schedule = training.create_optimizer(optimizer="sgd", learning_rate=0.01, head_lr_multiplier=10,
+                                             head_paths=TOY_HEAD)
+    params = one_step(tx)
+    np.testing.assert_allclose(params["Conv_0"]["kernel"], 1 - 0.01)
+    np.testing.assert_allclose(params["AuxLogits"]["conv0"]["kernel"], 1 - 0.01)
+    np.testing.assert_allclose(params["Dense_0"]["kernel"], 1 - 0.1)
+    np.testing.assert_allclose(params["AuxLogits"]["fc"]["kernel"], 1 - 0.1)
+    assert float(schedule(0)) == pytest.approx(0.01)  # the reported rate is the backbone's
+
+
+@pytest.mark.parametrize("optimizer", training.OPTIMIZERS)
+def test_a_frozen_backbone_does_not_change_while_the_head_trains(optimizer):
+    tx, _ = training.create_optimizer(optimizer=optimizer, learning_rate=0.1, weight_decay=0.1,
+                                      freeze="backbone", head_lr_multiplier=2, head_paths=TOY_HEAD)
+    params = one_step(tx, steps=2)
+    np.testing.assert_array_equal(params["Conv_0"]["kernel"], TOY_PARAMS["Conv_0"]["kernel"])
+    np.testing.assert_array_equal(params["AuxLogits"]["conv0"]["kernel"], TOY_PARAMS["AuxLogits"]["conv0"]["kernel"])
+    assert np.all(np.asarray(params["Dense_0"]["kernel"]) < 1)
+
+
+def test_parameter_groups_follow_the_schedule():
+    tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.4, lr_schedule="cosine", warmup_epochs=1,
+                                      num_epochs=4, steps_per_epoch=2, head_lr_multiplier=10, head_paths=TOY_HEAD)
+    after_warmup_start = one_step(tx)  # step 0 of the warmup has learning rate 0
+    jax.tree.map(np.testing.assert_array_equal, after_warmup_start, TOY_PARAMS)
+    two_steps = one_step(tx, steps=2)  # step 1: half the peak rate, 0.2 (head: 2.0)
+    np.testing.assert_allclose(two_steps["Conv_0"]["kernel"], 1 - 0.2, rtol=1e-6)
+    np.testing.assert_allclose(two_steps["Dense_0"]["kernel"], 1 - 2.0, rtol=1e-6)
+
+
+def test_without_fine_tuning_options_the_optimizer_state_is_as_before():
+    # so checkpoints of runs without the options keep resuming
+    plain, _ = training.create_optimizer(optimizer="momentum", learning_rate=0.1, head_paths=TOY_HEAD)
+    before = optax.sgd(optax.constant_schedule(0.1), momentum=0.9, nesterov=False)
+    assert jax.tree.structure(plain.init(TOY_PARAMS)) == jax.tree.structure(before.init(TOY_PARAMS))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(init_from="", head_lr_multiplier=10, freeze="none"), "head_lr_multiplier needs --config.init_from"),
+    (dict(init_from="", head_lr_multiplier=1, freeze="backbone"), "freeze=backbone needs --config.init_from"),
+    (dict(init_from="torchvision:resnet18", head_lr_multiplier=1, freeze="head"), "freeze='head' is not one of"),
+    (dict(init_from="torchvision:resnet18", head_lr_multiplier=0, freeze="none"), "must be positive"),
+])
+def test_fine_tuning_options_that_make_no_sense_are_one_line(options, message):
+    with pytest.raises(training.UserError, match=message) as error:
+        training.check_finetune_options(**options)
+    assert "\n" not in str(error.value)
+    training.check_finetune_options(init_from="torchvision:resnet18", head_lr_multiplier=10, freeze="backbone")
+
+
+def test_frozen_batch_statistics_keep_their_loaded_values():
+    old = {"BatchNorm_0": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+    new = {"BatchNorm_0": {"mean": jnp.full(2, 0.5), "var": jnp.full(2, 2.0)}}
+    frozen = training.frozen_batch_stats(old, "backbone")
+    assert training.keep_frozen_batch_stats(old, new, frozen) == old
+    assert training.keep_frozen_batch_stats(old, new, training.frozen_batch_stats(old, "none")) == new
+    kept = jax.jit(lambda o, n: training.keep_frozen_batch_stats(o, n, frozen))(old, new)
+    jax.tree.map(np.testing.assert_array_equal, kept, old)
 
 
 @pytest.mark.parametrize("xla_flags, cores, environ_nproc, want", [

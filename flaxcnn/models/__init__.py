@@ -2,9 +2,20 @@
 
 `_REGISTRY` is the one list of models: for each name, the module class and the fields that
 make it that model, whether it has BatchNorm (its statistics then average over the pmap axis
-named by the module's `bn_axis_name` field), and, for the networks d2l trains in the chapter,
-d2l's experiment setup (image size and model overrides), which the configs and the benchmark
-follow.
+named by the module's `bn_axis_name` field),
+whose layout it has (d2l's, or torchvision's, whose published ImageNet weights then load into
+it: flaxcnn.pretrained), which of its layers is the final classifier (fine-tuning replaces
+it and may train it faster), and, for the networks d2l trains in the chapter, d2l's
+experiment setup (image size and model overrides), which the configs and the benchmark follow.
+
+d2l's and torchvision's ResNet-18/34 differ (d2l's convolutions have biases, its 1x1
+shortcut no BatchNorm): `resnet18`, `resnet34` are d2l's, `tv_resnet18`, `tv_resnet34`
+torchvision's. The other torchvision layouts are the chapter's own entries: d2l takes
+ResNet-50 (in its exercises), ResNeXt-50, Inception-v3 and VGG from torchvision or gives them
+in torchvision's form. They equal torchvision's networks exactly (tests/test_pretrained.py
+compares logits) at 224x224 pixels (Inception-v3: 299x299), where VGG's adaptive 7x7 average
+pooling is the identity; the weight mapping reorders VGG's first dense layer from torchvision's
+NCHW flattening to flax's NHWC one.
 """
 import dataclasses
 from typing import Any
@@ -31,41 +42,61 @@ class ModelSpec:
     `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
     trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
     torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
-    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out."""
+    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out.
+    `layout`: "d2l", or "torchvision" for the networks that are torchvision's layer for
+    layer (see the module docstring). `head`: the params paths ("/"-separated) of the final
+    classifier, the layers whose outputs are the classes."""
 
     module: type[nn.Module]
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
     has_batch_norm: bool = False
+    layout: str = "d2l"
+    head: tuple[str, ...] = ("Dense_0",)
     d2l_image_size: int | None = None
     d2l_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 BATCH_NORM_AXIS_FIELD = "bn_axis_name"  # a BatchNorm network's field naming its statistics' pmap axis
 
+_TV = "torchvision"
+_RESNET34_ARCH = ((3, 64), (4, 128), (6, 256), (3, 512))
+_RESNET18_ARCH = ((2, 64), (2, 128), (2, 256), (2, 512))
+
 # In chapter order: `names()` and `chapter_models()` list the models in this order.
 _REGISTRY = {
-    "alexnet": ModelSpec(AlexNet, d2l_image_size=224),
-    "vgg11": ModelSpec(VGG, {"conv_arch": VGG11_ARCH}, d2l_image_size=224, d2l_overrides={"width_divisor": 4}),
-    "vgg13": ModelSpec(VGG, {"conv_arch": VGG13_ARCH}),
-    "vgg16": ModelSpec(VGG, {"conv_arch": VGG16_ARCH}),
-    "vgg19": ModelSpec(VGG, {"conv_arch": VGG19_ARCH}),
-    "nin": ModelSpec(NiN, d2l_image_size=224),
+    "alexnet": ModelSpec(AlexNet, d2l_image_size=224, head=("Dense_2",)),
+    "vgg11": ModelSpec(VGG, {"conv_arch": VGG11_ARCH}, layout=_TV, head=("Dense_2",),
+                       d2l_image_size=224, d2l_overrides={"width_divisor": 4}),
+    "vgg13": ModelSpec(VGG, {"conv_arch": VGG13_ARCH}, layout=_TV, head=("Dense_2",)),
+    "vgg16": ModelSpec(VGG, {"conv_arch": VGG16_ARCH}, layout=_TV, head=("Dense_2",)),
+    "vgg19": ModelSpec(VGG, {"conv_arch": VGG19_ARCH}, layout=_TV, head=("Dense_2",)),
+    "nin": ModelSpec(NiN, d2l_image_size=224, head=("NiNBlock_3",)),
     "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
-    "inception_v3": ModelSpec(InceptionV3, has_batch_norm=True, d2l_image_size=299),
-    "lenet_bn": ModelSpec(LeNetBN, has_batch_norm=True, d2l_image_size=28),
-    "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, has_batch_norm=True),
-    "resnet18": ModelSpec(ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))},
-                          has_batch_norm=True, d2l_image_size=96),
-    "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, has_batch_norm=True),
-    "resnet50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True},
-                          has_batch_norm=True),
-    "resnext50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True,
+    "inception_v3": ModelSpec(InceptionV3, has_batch_norm=True, layout=_TV, head=("fc", "AuxLogits/fc"),
+                              d2l_image_size=299),
+    "lenet_bn": ModelSpec(LeNetBN, has_batch_norm=True, d2l_image_size=28, head=("Dense_2",)),
+    "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, has_batch_norm=True,
+                                  head=("Dense_2",)),
+    "resnet18": ModelSpec(ResNet, {"arch": _RESNET18_ARCH}, has_batch_norm=True, d2l_image_size=96),
+    "resnet34": ModelSpec(ResNet, {"arch": _RESNET34_ARCH}, has_batch_norm=True),
+    "tv_resnet18": ModelSpec(ResNet, {"arch": _RESNET18_ARCH, "block": "basic"}, has_batch_norm=True,
+                             layout=_TV),
+    "tv_resnet34": ModelSpec(ResNet, {"arch": _RESNET34_ARCH, "block": "basic"}, has_batch_norm=True,
+                             layout=_TV),
+    "resnet50": ModelSpec(ResNet, {"arch": _RESNET34_ARCH, "block": "bottleneck"},
+                          has_batch_norm=True, layout=_TV),
+    "resnext50": ModelSpec(ResNet, {"arch": _RESNET34_ARCH, "block": "bottleneck",
                                     "cardinality": 32, "base_width": 4},
-                           has_batch_norm=True, d2l_image_size=224),
+                           has_batch_norm=True, layout=_TV, d2l_image_size=224),
     "densenet": ModelSpec(DenseNet, has_batch_norm=True, d2l_image_size=96),
     "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
                            has_batch_norm=True, d2l_image_size=96),
 }
+
+
+def head_paths(name: str) -> tuple[str, ...]:
+    """The params paths of `name`'s final classifier (`ModelSpec.head`)."""
+    return spec(name).head
 
 
 def names() -> list[str]:

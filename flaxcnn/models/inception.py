@@ -164,13 +164,27 @@ class InceptionAux(nn.Module):
         return dense(x.mean(axis=(1, 2)), self.num_classes, dtype=self.dtype, name="fc")
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalization, per RGB channel
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_to_inception_input(x):
+    """torchvision's Inception3._transform_input: (x * std + mean - 0.5) / 0.5 per RGB channel of
+    an ImageNet-normalized NHWC batch, as torchvision computes it (x * (std / 0.5) + (mean - 0.5) / 0.5)."""
+    if x.shape[-1] != 3:
+        raise ValueError(f"transform_input needs RGB images (3 channels), got {x.shape[-1]}; "
+                         "leave transform_input off for other channel counts")
+    scale = jnp.asarray([s / 0.5 for s in IMAGENET_STD], x.dtype)
+    shift = jnp.asarray([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
+    return x * scale + shift
+
+
 # the stem's windows, through Mixed_6a (which leaves 17x17 of a 299x299 image): (kernel, stride, padding)
 _TO_MIXED_6 = [(3, 2, 0), (3, 1, 0), (3, 1, 1), (3, 2, 0), (1, 1, 0), (3, 1, 0), (3, 2, 0), (3, 2, 0)]
 
 
 class InceptionV3(nn.Module):
-    """torchvision's Inception3 (without `transform_input`, which only serves its ImageNet
-    weights): stem, Mixed_5b-5d (A), 6a (B), 6b-6e (C), 7a (D), 7b-7c (E), global average
+    """torchvision's Inception3: stem, Mixed_5b-5d (A), 6a (B), 6b-6e (C), 7a (D), 7b-7c (E), global average
     pooling, dropout, dense layer.
 
     `aux_logits=False` (the default) has no auxiliary classifier. With `aux_logits=True` the
@@ -182,10 +196,15 @@ class InceptionV3(nn.Module):
     variables["intermediates"]["aux_logits"][0]. Applied without "intermediates" mutable, the
     head still updates its BatchNorm statistics, but its logits go nowhere and its parameters
     get no gradient. `bn_axis_name`: the pmap axis to average the batch statistics over (None:
-    each device's own batch)."""
+    each device's own batch).
+
+    `transform_input=True` is torchvision's option that its ImageNet weights (Google's, trained
+    on pixels scaled to [-1, 1]) are loaded with: it takes RGB images normalized with ImageNet's
+    mean and std and turns them back into (pixels - 0.5) / 0.5 before the stem."""
 
     num_classes: int = 10
     aux_logits: bool = False
+    transform_input: bool = False
     dropout_rate: float = 0.5
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-3
@@ -204,6 +223,8 @@ class InceptionV3(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
+        if self.transform_input:
+            x = imagenet_to_inception_input(x)
         norm = network_norm(self, train)
         c = partial(BasicConv2d, norm=norm, dtype=self.dtype)
         x = c(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)

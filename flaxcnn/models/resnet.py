@@ -2,8 +2,10 @@
 
 A residual block adds its input back onto the output of a few convolutions, so each
 block only has to learn a correction to the identity. `Residual` is d2l's basic block
-(two 3x3 convolutions) used by ResNet-18 and -34; `Bottleneck` is torchvision's
-1x1-3x3-1x1 block used by ResNet-50 and, with a grouped 3x3 convolution, ResNeXt-50.
+(two biased 3x3 convolutions) used by d2l's ResNet-18 and -34; `BasicBlock` is torchvision's
+version of it (bias-free, BatchNorm on the projection shortcut), which its published ImageNet
+weights need; `Bottleneck` is torchvision's 1x1-3x3-1x1 block used by ResNet-50 and, with a
+grouped 3x3 convolution, ResNeXt-50.
 When a block changes the shape, the shortcut goes through a 1x1 convolution with the
 block's stride. `ResNeXtBlock` is d2l's ResNeXt block (section 8.6.5), which RegNetX
 (regnet.py) stacks.
@@ -25,6 +27,7 @@ from flaxcnn.models.input_size import check_input_size, smallest_input
 
 # the stem's windows, (kernel, stride, padding): 7x7 stride-2 convolution, 3x3 stride-2 max-pooling
 STEM_WINDOWS = [(7, 2, 3), (3, 2, 1)]
+BLOCKS = ("residual", "basic", "bottleneck")  # d2l's Residual, torchvision's BasicBlock and Bottleneck
 
 
 def stem(x, num_channels: int, norm: ModuleDef, *, use_bias: bool = True, dtype: Any = jnp.float32):
@@ -52,6 +55,27 @@ class Residual(nn.Module):
         y = self.norm()(conv(y, channels, (3, 3), padding=1, dtype=self.dtype))
         if self.use_1x1conv:
             x = conv(x, channels, (1, 1), strides=self.strides, dtype=self.dtype)
+        return nn.relu(y + x)
+
+
+class BasicBlock(nn.Module):
+    """torchvision's basic block: two bias-free 3x3 convolutions, each followed by BatchNorm;
+    a projection shortcut (bias-free strided 1x1 convolution and BatchNorm) where the block
+    changes the shape."""
+
+    num_channels: int
+    norm: ModuleDef
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        bias_free_conv = partial(conv, use_bias=False, dtype=self.dtype)
+        channels = self.num_channels
+        y = nn.relu(self.norm()(bias_free_conv(x, channels, (3, 3), strides=self.strides, padding=1)))
+        y = self.norm()(bias_free_conv(y, channels, (3, 3), padding=1))
+        if self.strides != 1 or x.shape[-1] != channels:
+            x = self.norm()(bias_free_conv(x, channels, (1, 1), strides=self.strides))
         return nn.relu(y + x)
 
 
@@ -120,13 +144,14 @@ class ResNet(nn.Module):
     """Stem (7x7 stride-2 convolution, BatchNorm, ReLU, 3x3 stride-2 max-pooling), stages of
     residual blocks, global average pooling and a dense layer. `arch` lists (number of
     blocks, channels) per stage; every stage after the first starts by halving height and
-    width. `bottleneck=False` is d2l's ResNet with `Residual` blocks (biased stem
-    convolution); `bottleneck=True` is torchvision's with `Bottleneck` blocks (bias-free),
-    of `cardinality` groups of `base_width` channels (ResNeXt) if given. `bn_axis_name`: the
-    pmap axis to average the batch statistics over (None: each device's own batch)."""
+    width. `block`: "residual" is d2l's ResNet with `Residual` blocks (biased stem
+    convolution); "basic" and "bottleneck" are torchvision's, with a bias-free stem and
+    `BasicBlock` or `Bottleneck` blocks, the latter of `cardinality` groups of `base_width`
+    channels (ResNeXt) if given. `bn_axis_name`: the pmap axis to average the batch statistics
+    over (None: each device's own batch)."""
 
     arch: Sequence[tuple[int, int]] = ((2, 64), (2, 128), (2, 256), (2, 512))
-    bottleneck: bool = False
+    block: str = "residual"
     cardinality: int = 1
     base_width: int = 64
     num_classes: int = 10
@@ -144,14 +169,18 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
+        if self.block not in BLOCKS:
+            raise ValueError(f"unknown ResNet block {self.block!r}; use one of {', '.join(BLOCKS)}")
         norm = network_norm(self, train)
-        x = stem(x, 64, norm, use_bias=not self.bottleneck, dtype=self.dtype)
+        x = stem(x, 64, norm, use_bias=self.block == "residual", dtype=self.dtype)
         for stage, (num_blocks, channels) in enumerate(self.arch):
-            for block in range(num_blocks):
-                strides = 2 if stage > 0 and block == 0 else 1
-                if self.bottleneck:
+            for index in range(num_blocks):
+                strides = 2 if stage > 0 and index == 0 else 1
+                if self.block == "bottleneck":
                     x = Bottleneck(channels, norm, strides, cardinality=self.cardinality,
                                    base_width=self.base_width, dtype=self.dtype)(x)
+                elif self.block == "basic":
+                    x = BasicBlock(channels, norm, strides, dtype=self.dtype)(x)
                 else:
                     x = Residual(channels, norm, use_1x1conv=strides == 2, strides=strides, dtype=self.dtype)(x)
         x = x.mean(axis=(1, 2))

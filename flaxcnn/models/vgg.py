@@ -2,7 +2,10 @@
 
 A VGG block stacks 3x3 convolutions (padding 1, so the size is kept) and ends with a 2x2
 max-pooling that halves height and width. The network is a sequence of such blocks
-followed by AlexNet's dense head.
+followed by AlexNet's dense head. At 224x224 pixels it is torchvision's VGG layer for layer:
+torchvision's adaptive 7x7 average pooling before the head is then the identity, and only the
+order in which the final 7x7x512 map is flattened differs (NCHW there), which
+flaxcnn.pretrained's mapping accounts for.
 """
 from collections.abc import Sequence
 from typing import Any
