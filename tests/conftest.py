@@ -42,9 +42,13 @@ runtime.reserve_cpu_threads_for_collectives()  # 4 devices on a 2-core CI machin
 runtime.use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# One config per chapter section: every file of configs/ but the shared default.
+# Every config but the shared default, and of those the chapter's sections (one each), which train
+# Fashion-MNIST (configs/finetune.py is d2l 14.2's experiment on an image folder).
 CONFIG_NAMES = sorted(p.stem for p in Path(REPO, "configs").glob("*.py")
                       if p.stem not in ("__init__", "default"))
+CHAPTER_CONFIGS = [name for name in CONFIG_NAMES
+                   if importlib.import_module(f"configs.{name}").get_config().dataset
+                   == "fashion_mnist"]
 
 # The reference run: configs/batchnorm.py (LeNet-BN) on the bundled sample at 28x28, batch 32, so
 # 31 steps an epoch of about a second. Enough epochs for the kill soak's plan (test_robustness).

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from flaxcnn import bench, models
-from tests.conftest import CONFIG_NAMES, REPO
+from tests.conftest import CHAPTER_CONFIGS, REPO
 
 
 def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys, monkeypatch):
@@ -50,12 +50,6 @@ def test_bench_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "lenet7"])
     assert "unknown model lenet7" in capsys.readouterr().err
-
-
-# The chapter's Fashion-MNIST experiments, which the benchmark times (not finetune.py's folder).
-CHAPTER_CONFIGS = [name for name in CONFIG_NAMES
-                   if importlib.import_module(f"configs.{name}").get_config().dataset
-                   == "fashion_mnist"]
 
 
 @pytest.mark.parametrize("name", CHAPTER_CONFIGS)

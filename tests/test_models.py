@@ -18,6 +18,7 @@ from flaxcnn.models.init import xavier_uniform
 from flaxcnn.models.resnet import ResNeXtBlock
 from flaxcnn.models.vgg import vgg_block
 from flaxcnn.summary import param_count
+from tests.conftest import CHAPTER_CONFIGS
 
 KEY = jax.random.key(0)
 # XLA:CPU compiles the random-number code of a real init slowly; these options make it quick
@@ -218,16 +219,12 @@ def test_spec_is_a_copy_and_knows_only_registered_names():
         models.spec("resnet99")
 
 
-CONFIGS = sorted(path.stem for path in (pathlib.Path(__file__).parent.parent / "configs").glob("*.py")
-                 if path.stem not in ("default", "__init__"))
-
-
 def test_every_chapter_config_is_found():
-    assert CONFIGS == ["alexnet", "batchnorm", "densenet", "googlenet", "nin", "regnet", "resnet",
-                       "vgg"]
+    assert CHAPTER_CONFIGS == ["alexnet", "batchnorm", "densenet", "googlenet", "nin", "regnet",
+                               "resnet", "vgg"]
 
 
-@pytest.mark.parametrize("config_name", CONFIGS)
+@pytest.mark.parametrize("config_name", CHAPTER_CONFIGS)
 def test_config_follows_the_registrys_d2l_setup(config_name):
     pytest.importorskip("ml_collections")
     config = importlib.import_module(f"configs.{config_name}").get_config()

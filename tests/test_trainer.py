@@ -10,14 +10,14 @@ from PIL import Image
 from flaxcnn import models, outputs, plots, trainer
 from flaxcnn.datasets import resolution
 from flaxcnn.errors import UserError
-from tests.conftest import CONFIG_NAMES, train_to_end
+from tests.conftest import CHAPTER_CONFIGS, train_to_end
 
 
 def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize("name", CHAPTER_CONFIGS)
 def test_every_config_trains_one_real_step_on_mock_data(name, make_config, tmp_path, monkeypatch):
     monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
     # The pictures and TensorBoard are the same for every config (test_lenet_bn_learns_... checks
