@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import flops, models, pipelines, replicas, runtime, training
+from flaxcnn import flops, models, optimizers, pipelines, replicas, runtime, training
 
 FASHION_MNIST = {"train": 60_000, "test": 10_000, "shape": (28, 28, 1), "classes": 10}
 # Dense (no structured sparsity) bf16 tensor-core/MXU peaks per chip in TFLOP/s, from the vendors'
@@ -103,7 +103,7 @@ def bench_model(name: str, *, batch_size: int, dtype: str, steps: int, e2e: bool
         raise SystemExit(f"error: --batch-size {batch_size} is not divisible by the {devices} "
                          "devices")
     compute_dtype = getattr(jnp, dtype)
-    tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
+    tx, _ = optimizers.create_optimizer(optimizer="sgd", learning_rate=0.01)
     channels = FASHION_MNIST["shape"][-1]
     state = training.create_train_state(name, tx, input_shape=(size, size, channels),
                                         dtype=compute_dtype, model_overrides=overrides)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from flaxcnn import models, training, tree_compare
+from flaxcnn import augment, models, tree_compare
 from flaxcnn.errors import UserError, first_line, warn
 
 
@@ -86,17 +86,8 @@ def eval_logits(model: nn.Module, variables: dict, info: RunInfo, images) -> jax
 
 
 def _eval_images(images, info: RunInfo) -> jax.Array:
-    dtype = getattr(jnp, info.dtype)
-    try:
-        from flaxcnn import augment
-    except ImportError:  # before flaxcnn.augment: the one transform runs had, without normalization
-        if info.normalize != "none":
-            raise UserError(f"the run in {info.workdir} normalizes its images "
-                            f"({info.normalize!r}), which this flaxcnn cannot do yet: update "
-                            "flaxcnn") from None
-        return training.preprocess(images, info.image_size, dtype)
     return augment.eval_images(images, image_size=info.image_size, augment=info.augment,
-                               normalize=info.normalize, dtype=dtype)
+                               normalize=info.normalize, dtype=getattr(jnp, info.dtype))
 
 
 def _read_json(workdir: Path, name: str) -> dict:

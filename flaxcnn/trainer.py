@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import checkpoint, cluster, datasets, models, pipelines, replicas, runtime, training
+from flaxcnn import (checkpoint, cluster, datasets, models, optimizers, pipelines, replicas, runtime,
+                     training)
 from flaxcnn.checkpoint import Checkpoints
 from flaxcnn.errors import UserError, first_line
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
@@ -88,7 +89,7 @@ def check_config(config, device_count: int):
     included) with a one-line UserError, before any work starts."""
     if config.model not in models.names():
         raise UserError(f"unknown model {config.model!r}; use one of: {', '.join(models.names())}")
-    for field, allowed in (("optimizer", training.OPTIMIZERS), ("lr_schedule", training.LR_SCHEDULES),
+    for field, allowed in (("optimizer", optimizers.OPTIMIZERS), ("lr_schedule", optimizers.LR_SCHEDULES),
                            ("dtype", DTYPES), ("input_pipeline", PIPELINES)):
         if config[field] not in allowed:
             raise UserError(f"unknown {field} {config[field]!r}; use one of: {', '.join(allowed)}")
@@ -174,7 +175,7 @@ def build_run(config, dataset) -> Run:
     if steps_per_epoch == 0 and not config.eval_only:
         raise UserError(f"the training split has fewer examples per process than one batch "
                         f"of {local_batch}; lower --config.batch_size")
-    tx, schedule = training.create_optimizer(
+    tx, schedule = optimizers.create_optimizer(
         optimizer=config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
         weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
         warmup_epochs=config.warmup_epochs, num_epochs=config.num_epochs,

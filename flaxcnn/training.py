@@ -4,7 +4,8 @@ Everything here runs on whatever `jax.local_devices()` holds (one CPU is the cas
 TensorFlow, so `flaxcnn.bench` times exactly the code `train.py` trains with. Moving state between
 the host and the devices is `flaxcnn.replicas`' job; the process's settings are `flaxcnn.runtime`'s.
 
-Images reach the step as uint8 and are scaled to [0, 1] and resized inside it. For data held on the
+Images reach the step as uint8 and become its inputs inside it (scaled to [0, 1], resized,
+augmented and normalized: `flaxcnn.augment`). For data held on the
 devices, a "chunk" of steps gathers each step's batch on device and runs as one `lax.while_loop` inside
 one pmapped call, so the host touches the devices about once a second, never once a step
 (`flaxcnn.pipelines` drives both kinds of input).
@@ -12,23 +13,18 @@ one pmapped call, so the host touches the devices about once a second, never onc
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct, traverse_util
+from flax import struct
 from flax.training import train_state
 from jax import lax
 
-from flaxcnn import models
-from flaxcnn.errors import UserError
+from flaxcnn import augment, models
 from flaxcnn.replicas import AXIS
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
-FREEZE = ("none", "backbone")  # fine-tuning: train everything, or only the final classifier
 
 
 class TrainState(train_state.TrainState):
@@ -66,89 +62,7 @@ class RunState(struct.PyTreeNode):
                             dropout_key=tree["dropout_key"], totals=tree["totals"])
 
 
-# ---------------------------------------------------------------------------------------------- optimizer
-
-
-def create_optimizer(*, optimizer: str, learning_rate: float, momentum: float = 0.9,
-                     weight_decay: float = 0.0, lr_schedule: str = "constant",
-                     warmup_epochs: float = 0.0, num_epochs: int = 1, steps_per_epoch: int = 1,
-                     head_lr_multiplier: float = 1.0, freeze: str = "none",
-                     head_paths: Sequence[str] = ()):
-    """Returns `(tx, schedule)`: an optax transformation and its step -> learning-rate function.
-
-    Fine-tuning (d2l 14.2) splits the params in two groups, the final classifier at `head_paths`
-    (the registry's `models.head_paths(name)`) and the backbone: the head trains with
-    `head_lr_multiplier` times the schedule's learning rate, and `freeze="backbone"` leaves the
-    backbone's params unchanged (`optax.set_to_zero`). Each group gets its own copy of the same
-    optimizer (`optax.multi_transform`), so both options compose with every optimizer and schedule;
-    `schedule` stays the backbone's. Check the options first with `check_finetune_options`.
-    """
-    if lr_schedule == "constant":
-        schedule = optax.constant_schedule(learning_rate)
-    elif lr_schedule == "cosine":
-        total = max(1, int(num_epochs * steps_per_epoch))
-        warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=learning_rate, warmup_steps=warmup, decay_steps=total)
-    else:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-    if freeze not in FREEZE:
-        raise ValueError(f"unknown freeze {freeze!r}; use one of {', '.join(FREEZE)}")
-
-    def make(rate):
-        return _optimizer(optimizer, rate, momentum=momentum, weight_decay=weight_decay)
-
-    if head_lr_multiplier == 1.0 and freeze == "none":
-        return make(schedule), schedule
-    groups = {"head": make(lambda step: schedule(step) * head_lr_multiplier),
-              "backbone": optax.set_to_zero() if freeze == "backbone" else make(schedule)}
-    return optax.multi_transform(groups, functools.partial(param_labels, head_paths=head_paths)), schedule
-
-
-def _optimizer(optimizer: str, schedule, *, momentum: float, weight_decay: float):
-    if optimizer == "adamw":
-        return optax.adamw(schedule, weight_decay=weight_decay)
-    tx = optax.sgd(schedule, momentum=momentum if optimizer != "sgd" else None,
-                   nesterov=optimizer == "nesterov")
-    if weight_decay:
-        tx = optax.chain(optax.add_decayed_weights(weight_decay), tx)  # L2 as in torch.optim.SGD
-    return tx
-
-
-def param_labels(params, head_paths: Sequence[str]):
-    """The params tree with "head" at every leaf under one of `head_paths` ("/"-separated, e.g.
-    "AuxLogits/fc"), "backbone" elsewhere: optax.multi_transform's labels."""
-    heads = [tuple(path.split("/")) for path in head_paths]
-    return traverse_util.path_aware_map(
-        lambda path, _: "head" if any(tuple(path[:len(h)]) == h for h in heads) else "backbone", params)
-
-
-def check_finetune_options(*, init_from: str, head_lr_multiplier: float, freeze: str) -> None:
-    """Raises UserError, one line, for fine-tuning options that make no sense together."""
-    if freeze not in FREEZE:
-        raise UserError(f"--config.freeze={freeze!r} is not one of: {', '.join(FREEZE)}")
-    if not head_lr_multiplier > 0:
-        raise UserError(f"--config.head_lr_multiplier={head_lr_multiplier} must be positive (d2l 14.2 uses 10)")
-    if not init_from and head_lr_multiplier != 1.0:
-        raise UserError("--config.head_lr_multiplier needs --config.init_from: from scratch there is no "
-                        "pretrained backbone for the head to outpace")
-    if not init_from and freeze != "none":
-        raise UserError("--config.freeze=backbone needs --config.init_from: a frozen random backbone "
-                        "learns nothing")
-
-
-def frozen_batch_stats(batch_stats, freeze: str):
-    """A tree like `batch_stats` of bools: True where the statistics stay as loaded. With
-    freeze="backbone" that is all of them (no model's head has BatchNorm)."""
-    return jax.tree.map(lambda _: freeze == "backbone", batch_stats)
-
-
-def keep_frozen_batch_stats(old_stats, new_stats, frozen):
-    """The batch statistics after a train step: `old_stats` where `frozen` (from `frozen_batch_stats`,
-    a Python-bool tree, static under jit) says so, the step's `new_stats` elsewhere."""
-    return jax.tree.map(lambda keep, old, new: old if keep else new, frozen, old_stats, new_stats)
+# -------------------------------------------------------------------------------------------- the state
 
 
 def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed: int = 0,
@@ -180,26 +94,18 @@ def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed:
 # ----------------------------------------------------------------------------------------------- the step
 
 
-def preprocess(images, image_size: int, dtype) -> jax.Array:
-    """uint8 NHWC -> pixels / 255, bilinearly resized to image_size x image_size, in the compute dtype."""
-    x = images.astype(jnp.float32) / 255.0
-    n, h, w, c = x.shape
-    if (h, w) != (image_size, image_size):
-        x = jax.image.resize(x, (n, image_size, image_size, c), "bilinear")
-    return x.astype(dtype)
-
-
-def train_step(state: TrainState, images, labels, dropout_key, *, image_size: int, dtype,
-               sync_batch_stats: bool, enabled=True):
-    """One optimizer step (any optax transformation) on this device's slice of the global batch,
-    inside pmap.
+def train_step(state: TrainState, x, labels, dropout_key, *, sync_batch_stats: bool,
+               freeze: str = "none", enabled=True):
+    """One optimizer step (any optax transformation) on this device's slice of the global batch
+    (`x`: its inputs, as `flaxcnn.augment.train_images` makes them), inside pmap.
 
     Returns `(state, metrics, applied)`: gradients, loss and (without cross-replica BatchNorm) the
-    batch statistics are averaged over all devices; `metrics` are this step's global sums. The
-    update is applied only if the global loss and gradient are finite and `enabled` is true;
-    otherwise `state` comes back unchanged and `applied` is False.
+    batch statistics are averaged over all devices; `metrics` are this step's global sums. With
+    freeze="backbone" (fine-tuning) the BatchNorm statistics stay as loaded (the layers still
+    normalize with the batch's, as torch's do in train mode). The update is applied only if the
+    global loss and gradient are finite and `enabled` is true; otherwise `state` comes back
+    unchanged and `applied` is False.
     """
-    x = preprocess(images, image_size, dtype)
 
     def loss_fn(params):
         logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
@@ -214,6 +120,8 @@ def train_step(state: TrainState, images, labels, dropout_key, *, image_size: in
     grads = lax.pmean(grads, AXIS)
     if not sync_batch_stats:
         new_stats = lax.pmean(new_stats, AXIS)  # per-device statistics, kept identical on all replicas
+    if freeze == "backbone":
+        new_stats = state.batch_stats
     metrics = lax.psum({
         "loss_sum": loss * labels.shape[0],
         "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
@@ -234,14 +142,19 @@ def zero_totals() -> dict:
 
 
 def counted_train_step(state: RunState, images, labels, step_kwargs) -> RunState:
-    """A train step that adds to the epoch's totals; after a non-finite step, nothing changes.
-    Dropout's key is the run's, folded with the step and the device's position."""
+    """A train step on uint8 `images` that adds to the epoch's totals; after a non-finite step,
+    nothing changes. Dropout's key is the run's, folded with the step and the device's position;
+    augmentation's comes from the data key and the step, and each example's from its position in
+    the global batch, so neither depends on the device count."""
     train, totals = state.train, state.totals
     key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, train.step),
                              lax.axis_index(AXIS))
+    x = augment.train_images(images, augment.augment_key(state.data_key, train.step),
+                             first_index=lax.axis_index(AXIS) * images.shape[0],
+                             **step_kwargs["inputs"])
     healthy = totals["bad_step"] < 0
-    new_train, metrics, applied = train_step(train, images, labels, key, enabled=healthy,
-                                             **step_kwargs)
+    new_train, metrics, applied = train_step(train, x, labels, key, enabled=healthy,
+                                             **step_kwargs["step"])
     totals = {
         "loss_sum": totals["loss_sum"] + jnp.where(applied, metrics["loss_sum"], 0.0),
         "correct": totals["correct"] + jnp.where(applied, metrics["correct"], 0),
@@ -268,12 +181,22 @@ class StepConfig:
     batch_per_device: int
     eval_batch_per_device: int
     sync_batch_stats: bool = True
+    augment: str = "none"  # flaxcnn.augment's choices
+    normalize: str = "none"
+    freeze: str = "none"  # flaxcnn.optimizers.FREEZE
     device_loop: bool = dataclasses.field(default_factory=lambda: jax.default_backend() != "cpu")
 
     @property
-    def step_kwargs(self):
-        return dict(image_size=self.image_size, dtype=self.dtype,
-                    sync_batch_stats=self.sync_batch_stats)
+    def input_kwargs(self) -> dict:
+        """How uint8 images become inputs (flaxcnn.augment.train_images and eval_images)."""
+        return dict(image_size=self.image_size, augment=self.augment, normalize=self.normalize,
+                    dtype=self.dtype)
+
+    @property
+    def step_kwargs(self) -> dict:
+        """`counted_train_step`'s: the inputs' and train_step's settings."""
+        return {"inputs": self.input_kwargs,
+                "step": dict(sync_batch_stats=self.sync_batch_stats, freeze=self.freeze)}
 
 
 def make_train_chunk(cfg: StepConfig, devices=None):
@@ -343,8 +266,8 @@ def make_train_batch(cfg: StepConfig, devices=None):
     return jax.pmap(one_step, AXIS, devices=devices, donate_argnums=(0,))
 
 
-def _eval_logits(state, images, image_size, dtype):
-    x = preprocess(images, image_size, dtype)
+def _eval_logits(state, images, input_kwargs):
+    x = augment.eval_images(images, **input_kwargs)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     return state.apply_fn(variables, x, train=False).astype(jnp.float32)
 
@@ -375,7 +298,7 @@ def make_evaluate(cfg: StepConfig, devices=None):
             idx = (s * local_devices + local_index) * e + jnp.arange(e)
             mask = idx < n
             idx = jnp.minimum(idx, n - 1)
-            logits = _eval_logits(state, images[idx], cfg.image_size, cfg.dtype)
+            logits = _eval_logits(state, images[idx], cfg.input_kwargs)
             step_sums, step_preds = _eval_sums(logits, labels[idx], mask)
             sums = jax.tree.map(jnp.add, sums, step_sums)
             return sums, preds.at[s].set(step_preds)
@@ -393,7 +316,7 @@ def make_evaluate_batch(cfg: StepConfig, devices=None):
     """pmapped `(state, images, labels, mask)` for streamed test batches -> (global sums, predictions)."""
 
     def evaluate(state, images, labels, mask):
-        sums, preds = _eval_sums(_eval_logits(state, images, cfg.image_size, cfg.dtype), labels, mask)
+        sums, preds = _eval_sums(_eval_logits(state, images, cfg.input_kwargs), labels, mask)
         return lax.psum(sums, AXIS), preds
 
     return jax.pmap(evaluate, AXIS, devices=devices)

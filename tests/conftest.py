@@ -258,13 +258,15 @@ def images_and_labels(n, seed=0, shape=(12, 12, 1)):
             rng.integers(0, 10, n).astype(np.int32))
 
 
-def lenet_state(lr=0.1, optimizer="momentum", dtype=None, sync_batch_stats=True):
-    """LeNet-BN's TrainState for 28x28 one-channel images."""
+def lenet_state(lr=0.1, optimizer="momentum", dtype=None, sync_batch_stats=True, freeze="none"):
+    """LeNet-BN's TrainState for 28x28 one-channel images (with freeze="backbone", only its final
+    classifier trains)."""
     import jax.numpy as jnp
 
-    from flaxcnn import training
+    from flaxcnn import models, optimizers, training
 
-    tx, _ = training.create_optimizer(optimizer=optimizer, learning_rate=lr)
+    tx, _ = optimizers.create_optimizer(optimizer=optimizer, learning_rate=lr, freeze=freeze,
+                                        head_paths=models.head_paths("lenet_bn"))
     return training.create_train_state("lenet_bn", tx, input_shape=(28, 28, 1),
                                        dtype=dtype or jnp.float32,
                                        sync_batch_stats=sync_batch_stats)

@@ -6,14 +6,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxcnn import augment, training
+from flaxcnn import augment
 from flaxcnn.errors import UserError
 
 STATIC = ("image_size", "augment", "normalize", "dtype")
 train_images = jax.jit(augment.train_images, static_argnames=STATIC)
 eval_images = jax.jit(augment.eval_images, static_argnames=STATIC)
-# Today's preprocessing as the steps run it: compiled (XLA may compute x / 255 as x * (1 / 255)).
-preprocess = jax.jit(training.preprocess, static_argnums=(1, 2))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def preprocess(images, image_size, dtype):
+    """The steps' preprocessing before augmentation existed (pixels / 255, bilinearly resized only
+    where the size differs), compiled as the steps ran it (XLA may compute x / 255 as
+    x * (1 / 255))."""
+    x = images.astype(jnp.float32) / 255.0
+    n, h, w, c = x.shape
+    if (h, w) != (image_size, image_size):
+        x = jax.image.resize(x, (n, image_size, image_size, c), "bilinear")
+    return x.astype(dtype)
+
+
+def test_plain_inputs_are_pixels_over_255_bilinearly_resized():
+    images = np.array([[[[0], [255]], [[255], [0]]]], np.uint8)  # 1x2x2x1 checkerboard
+    plain = dict(augment="none", normalize="none")
+    same = augment.eval_images(images, image_size=2, dtype=jnp.float32, **plain)
+    np.testing.assert_array_equal(np.asarray(same)[0, :, :, 0], [[0, 1], [1, 0]])
+    bigger = np.asarray(augment.train_images(images, jax.random.PRNGKey(0), image_size=4,
+                                             dtype=jnp.bfloat16, **plain))
+    assert bigger.shape == (1, 4, 4, 1) and bigger.dtype == jnp.bfloat16
+    corners = bigger[0, [0, 0, 3, 3], [0, 3, 0, 3], 0].astype(np.float32)
+    np.testing.assert_allclose(corners, [0, 1, 1, 0])  # half-pixel centres keep the corners
+    assert 0 < float(bigger[0, 1, 1, 0]) < 1  # and interpolate in between
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from flaxcnn import bench, flops, models, summary, training
+from flaxcnn import bench, flops, models, optimizers, summary, training
 
 # multiply-adds of LeNet-BN's convolutions and dense layers on a 28x28 image
 LENET_MULTIPLY_ADDS = (24 * 24 * 6 * 5 * 5 * 1 + 8 * 8 * 16 * 5 * 5 * 6 + 256 * 120 + 120 * 84 + 84 * 10)
@@ -43,7 +43,7 @@ def behave_like_an_accelerator(monkeypatch):
 
 
 def small_train_state(image_size=16):
-    tx, _ = training.create_optimizer(optimizer="sgd", learning_rate=0.01)
+    tx, _ = optimizers.create_optimizer(optimizer="sgd", learning_rate=0.01)
     state = training.create_train_state("lenet_bn", tx, input_shape=(image_size, image_size, 1))
     cfg = training.StepConfig(image_size=image_size, dtype=jnp.float32, batch_per_device=4,
                               eval_batch_per_device=4)
