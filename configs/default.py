@@ -25,7 +25,7 @@ def get_config():
     config.folder_store_size = 256                     # folder:PATH images are kept as squares of this side (shorter side resized, centre crop)
     config.folder_skip_bad = False                     # folder:PATH: skip (and count) unreadable image files instead of stopping
     config.augment = "none"                            # on-device training augmentation: none, flip, crop_flip, d2l_finetune (flaxcnn.augment)
-    config.normalize = "none"                          # per-channel input normalization: none, or imagenet (torchvision's mean/std)
+    config.normalize = "auto"                          # per-channel input normalization: none, imagenet (torchvision's mean/std), or auto (imagenet with init_from, else none)
 
     # Optimisation
     config.batch_size = 128                            # global batch, split over all devices
@@ -40,7 +40,7 @@ def get_config():
     config.seed = 0                                    # fixes initialisation, data order and dropout
 
     # Fine-tuning (d2l 14.2; flaxcnn.pretrained)
-    config.init_from = ""                              # torchvision:<name>, hf-hub:<repo>, or a .pth/.pt/.safetensors file
+    config.init_from = ""                              # a fresh run starts from these weights: torchvision:<name>, hf-hub:<repo>, or a .pth/.pt/.safetensors file
     config.head_lr_multiplier = 1.0                    # the final classifier learns this many times faster (d2l: 10)
     config.freeze = "none"                             # none, or backbone: train only the final classifier
 

@@ -47,6 +47,7 @@ from flaxcnn.errors import UserError
 
 AUGMENTS = ("none", "flip", "crop_flip", "d2l_finetune")
 NORMALIZATIONS = ("none", "imagenet")
+CHOICES_OF_NORMALIZE = (*NORMALIZATIONS, "auto")  # --config.normalize's: auto follows init_from
 # torchvision's ImageNet statistics (torchvision.models docs; d2l 14.2's Normalize).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,13 +60,21 @@ PAD_FRACTION = 1 / 8  # crop_flip: 4 pixels for 32 x 32 images
 _AUGMENT_STREAM = 0x61756720  # folded into the data key so augmentation draws its own numbers
 
 
+def resolve_normalize(normalize: str, init_from: str) -> str:
+    """--config.normalize as the steps apply it: "auto" is imagenet for a run that starts from
+    ImageNet weights (they were trained on such inputs), none otherwise."""
+    if normalize == "auto":
+        return "imagenet" if init_from else "none"
+    return normalize
+
+
 def check_settings(augment: str, normalize: str, channels: int) -> None:
     """UserError (one line) for an unknown augment/normalize, or imagenet on non-RGB images."""
     if augment not in AUGMENTS:
         raise UserError(f"unknown --config.augment={augment!r}; use one of {', '.join(AUGMENTS)}")
-    if normalize not in NORMALIZATIONS:
+    if normalize not in CHOICES_OF_NORMALIZE:
         raise UserError(f"unknown --config.normalize={normalize!r}; use one of "
-                        f"{', '.join(NORMALIZATIONS)}")
+                        f"{', '.join(CHOICES_OF_NORMALIZE)}")
     if normalize == "imagenet" and channels != 3:
         raise UserError(f"--config.normalize=imagenet needs RGB images, this dataset has "
                         f"{channels} channel(s); set --config.normalize=none")

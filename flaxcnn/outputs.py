@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from flaxcnn import plots, summary
+from flaxcnn import augment, plots, summary
 from flaxcnn.errors import UserError, first_line, warn
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
@@ -60,11 +60,15 @@ class Outputs:
             with best_effort("close the TensorBoard file in", self.workdir):
                 self.writer.close()
 
-    def start(self, epoch: int):
-        """config.json and run_info.json; metrics.jsonl cut back to the restored `epoch`."""
+    def start(self, epoch: int, resumed: bool):
+        """config.json and run_info.json; metrics.jsonl cut back to the restored `epoch`. A resumed
+        run keeps the weights it started from on record (it ignores init_from)."""
         if not self.is_writer:
             return
         config, info = self.config, self.info
+        init_from = config.init_from or None
+        if resumed and (self.workdir / "run_info.json").exists():
+            init_from = json.loads((self.workdir / "run_info.json").read_text()).get("init_from")
         write_atomically(self.workdir / "config.json", config.to_json(indent=2) + "\n")
         stats = summary.model_stats(config.model, config.image_size, info.channels,
                                     info.num_classes, **config.model_overrides.to_dict())
@@ -77,7 +81,9 @@ class Outputs:
             # What flaxcnn.runs.load_run needs to feed new images like the run's test images:
             # their shape before the eval transform (None: any size, resized to image_size).
             "input": {"stored_shape": list(info.image_shape) if info.image_shape else None,
-                      "augment": config.augment, "normalize": config.normalize},
+                      "augment": config.augment,
+                      "normalize": augment.resolve_normalize(config.normalize, config.init_from)},
+            "init_from": init_from,
         }, indent=2) + "\n")
         # Epochs after the restored checkpoint are trained again: drop their stale lines.
         kept = [record for record in self.records() if record["epoch"] <= epoch]

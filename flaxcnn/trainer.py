@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxcnn import (checkpoint, cluster, datasets, models, optimizers, pipelines, replicas, runtime,
-                     training)
+from flaxcnn import (augment, checkpoint, cluster, datasets, models, optimizers, pipelines,
+                     pretrained, replicas, runtime, training)
 from flaxcnn.checkpoint import Checkpoints
 from flaxcnn.errors import UserError, first_line
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
@@ -65,7 +65,7 @@ def train_and_evaluate(config, workdir) -> dict:
         checkpoints = stack.enter_context(claim_workdir(config, workdir))
         resuming = checkpoint.decide_resume(config, workdir, checkpoints)
         dataset = resolve_dataset(config)
-        run = build_run(config, dataset)
+        run = build_run(config, dataset, resuming)
         state = checkpoint.restore_newest(checkpoints, run.fresh) if resuming else run.fresh
         if resuming:
             announce_resume(checkpoints, int(state.train.step), run.steps_per_epoch)
@@ -118,6 +118,7 @@ NUMERIC_RANGES = (
     ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),
     ("seed", True, lambda v: v >= 0, "a whole number, 0 or more"),
     ("learning_rate", False, lambda v: v > 0, "a finite number above 0, e.g. 0.1"),
+    ("head_lr_multiplier", False, lambda v: v > 0, "a finite number above 0, e.g. 10"),
     ("momentum", False, lambda v: 0 <= v < 1, "a finite number in [0, 1), e.g. 0.9"),
     ("weight_decay", False, lambda v: v >= 0, "a finite number, 0 or more, e.g. 5e-4"),
     ("warmup_epochs", False, lambda v: v >= 0, "a finite number of epochs, 0 or more"),
@@ -168,8 +169,12 @@ class Run:
     fresh: training.RunState
 
 
-def build_run(config, dataset) -> Run:
+def build_run(config, dataset, resuming: bool) -> Run:
+    """Steps per epoch, the optimizer and the fresh RunState: from the model's own initialisation,
+    or, for a fresh start with init_from, from those weights fitted to the run's task (a resumed
+    run ignores init_from: its checkpoint holds where it got to)."""
     info = dataset.info
+    augment.check_settings(config.augment, input_normalization(config), info.channels)
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = dataset.train_batches_per_epoch(local_batch)
     if steps_per_epoch == 0 and not config.eval_only:
@@ -179,16 +184,38 @@ def build_run(config, dataset) -> Run:
         optimizer=config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
         weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
         warmup_epochs=config.warmup_epochs, num_epochs=config.num_epochs,
-        steps_per_epoch=max(steps_per_epoch, 1))
+        steps_per_epoch=max(steps_per_epoch, 1), head_lr_multiplier=config.head_lr_multiplier,
+        freeze=config.freeze, head_paths=models.head_paths(config.model))
+    overrides = config.model_overrides.to_dict()
+    if config.init_from:  # e.g. Inception-v3's transform_input, which its ImageNet weights need
+        overrides = {**pretrained.model_fields(config.model, info.channels), **overrides}
     try:
         train_state = training.create_train_state(
             config.model, tx, input_shape=(config.image_size, config.image_size, info.channels),
             seed=config.seed, num_classes=info.num_classes, dtype=getattr(jnp, config.dtype),
-            sync_batch_stats=config.sync_batch_stats,
-            model_overrides=config.model_overrides.to_dict())
+            sync_batch_stats=config.sync_batch_stats, model_overrides=overrides)
     except (ValueError, TypeError) as e:  # a bad override, or the model's input-size check
         raise UserError(first_line(e)) from None
+    if config.init_from and not resuming:
+        train_state = start_from_weights(config, train_state)
     return Run(steps_per_epoch, schedule, training.RunState.fresh(train_state, config.seed))
+
+
+def start_from_weights(config, train_state: training.TrainState) -> training.TrainState:
+    """`train_state` with the variables of config.init_from, fitted to the run's classes and
+    channels (flaxcnn.pretrained), and a fresh optimizer state for them."""
+    loaded = pretrained.load(config.model, config.init_from, **config.model_overrides.to_dict())
+    start = pretrained.fit_to_task(config.model, loaded, {"params": train_state.params,
+                                                          "batch_stats": train_state.batch_stats})
+    if jax.process_index() == 0:
+        print(f"starting from the weights of {config.init_from}; inputs normalized: "
+              f"{input_normalization(config)} (--config.normalize)", flush=True)
+    return train_state.replace(params=start["params"], batch_stats=start.get("batch_stats", {}),
+                               opt_state=train_state.tx.init(start["params"]))
+
+
+def input_normalization(config) -> str:
+    return augment.resolve_normalize(config.normalize, config.init_from)
 
 
 def position(step: int, steps_per_epoch: int) -> tuple[int, int]:
@@ -217,7 +244,8 @@ def build_pipeline(config, dataset, steps_per_epoch: int):
         image_size=config.image_size, dtype=getattr(jnp, config.dtype),
         batch_per_device=config.batch_size // jax.device_count(),
         eval_batch_per_device=eval_batch // jax.device_count(),
-        sync_batch_stats=config.sync_batch_stats)
+        sync_batch_stats=config.sync_batch_stats, augment=config.augment,
+        normalize=input_normalization(config), freeze=config.freeze)
     if kind == "stream":
         return pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps_per_epoch,
                                         seed=config.seed)
@@ -271,7 +299,7 @@ class EpochLoop:
     def train(self, state) -> dict:
         """Trains from the replicated RunState `state` to the last epoch; returns its record."""
         config, record, predictions = self.config, None, None
-        self.outputs.start(self.position(state)[0])
+        self.outputs.start(self.position(state)[0], resumed=self.saved_step is not None)
         while self.position(state)[0] < config.num_epochs:
             t0, start_step = time.perf_counter(), self.position(state)[1]
             state, stopped = self.train_steps(state)
