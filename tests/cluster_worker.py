@@ -29,7 +29,7 @@ def main(out, data_dir, address, num_processes, process_id):
     config = batchnorm.get_config()
     config.update(dataset="fashion_mnist_sample", data_dir=data_dir, batch_size=16)
     dataset = trainer.resolve_dataset(config)
-    run = trainer.build_run(config, dataset)
+    run = trainer.build_run(config, dataset, resuming=False)
     pipeline = trainer.build_pipeline(config, dataset, run.steps_per_epoch)
     state = replicas.replicate(run.fresh)
     # Which examples each device takes, by the train chunk's own rule (training.example_positions).

@@ -3,6 +3,7 @@
 The runs here are the session's reference run (conftest.py: LeNet-BN on the bundled sample at
 28x28, batch 32, 31 steps an epoch of about a second) or copies of it cut back to an earlier epoch.
 """
+import collections
 import errno
 import json
 import os
@@ -257,7 +258,8 @@ def unfinished_saves(workdir):
 
 def kill_in_phase(workdir, tfds_dir, target, delay):
     """Starts the run, SIGKILLs it `delay` s after the first marker of `target` and returns the
-    phases the process was in when it died (None if it finished first)."""
+    phases the process was in when it died (None if it finished first): those that began and did
+    not end, and the checkpoint if a save was left unfinished."""
     process = launch_train(workdir, tfds_dir, phases=True, stdout=subprocess.DEVNULL)
     trigger = f"flaxcnn-phase: {target} {'end' if target == 'checkpoint' else 'begin'}"
     unfinished_before, markers = unfinished_saves(workdir), []
@@ -274,9 +276,10 @@ def kill_in_phase(workdir, tfds_dir, target, delay):
     markers += [line.split(": ", 1)[1].split() for line in process.stderr.read().splitlines()
                 if line.startswith("flaxcnn-phase: ")]
     process.wait()
-    hit = set()
-    if markers and markers[-1][1] == "begin":
-        hit.add(markers[-1][0])
+    open_phases = collections.Counter()  # the pictures are drawn in a thread of their own:
+    for name, edge in markers:           # phases overlap, so count what began and did not end
+        open_phases[name] += 1 if edge == "begin" else -1
+    hit = {name for name, count in open_phases.items() if count > 0}
     if unfinished_saves(workdir) - unfinished_before:  # a save that never finished
         hit.add("checkpoint")
     return hit
