@@ -9,7 +9,7 @@ import pytest
 
 from flaxcnn import datasets
 from flaxcnn.datasets import download, resolution
-from tests.idx_server import IdxServer, checksums, write_idx_dir
+from tests.data_helpers import IdxServer, checksums, write_idx_dir
 
 
 @pytest.fixture(scope="module")

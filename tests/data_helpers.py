@@ -1,4 +1,5 @@
-"""Test helpers: IDX files written by an independent writer, and a local HTTP server for them."""
+"""Test helpers: IDX files written by an independent writer, a local HTTP server for them, and a
+small tfds dataset that prepares offline."""
 import gzip
 import hashlib
 import http.server
@@ -80,3 +81,28 @@ class IdxServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+TFDS_TEST_NAME = "flaxcnn_test_digits"
+TFDS_TEST_IMAGES = np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
+
+
+def tfds_test_builder():
+    """The tfds builder class of `flaxcnn_test_digits` (registered in tfds under that name on the
+    first call): 20 train and the same 20 test examples, image i = TFDS_TEST_IMAGES[i], label
+    i % 10, prepared without a network."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import registered
+
+    known = registered._DATASET_REGISTRY  # pylint: disable=protected-access
+    if TFDS_TEST_NAME in known:
+        return known[TFDS_TEST_NAME]
+
+    class FlaxcnnTestDigits(tfds.testing.DummyMnist, skip_registration=False):
+        name = TFDS_TEST_NAME
+
+        def _generate_examples(self):
+            for i, image in enumerate(TFDS_TEST_IMAGES):
+                yield i, {"image": image, "label": i % 10}
+
+    return FlaxcnnTestDigits
