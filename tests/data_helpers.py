@@ -94,6 +94,7 @@ def tfds_test_builder():
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import registered
 
+    tfds.disable_progress_bar()
     known = registered._DATASET_REGISTRY  # pylint: disable=protected-access
     if TFDS_TEST_NAME in known:
         return known[TFDS_TEST_NAME]

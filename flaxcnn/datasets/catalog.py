@@ -6,6 +6,7 @@ machine is found without importing tfds.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from flaxcnn.errors import UserError
@@ -30,3 +31,8 @@ class DataError(UserError):
 
 def default_data_dir() -> str:
     return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def tensorflow_installed() -> bool:
+    """Whether `import tensorflow` would find it, without importing it."""
+    return importlib.util.find_spec("tensorflow") is not None

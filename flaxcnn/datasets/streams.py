@@ -6,18 +6,17 @@ Batches are numpy; the train order depends only on (seed, epoch), as in the tfds
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from flaxcnn.datasets.catalog import INSTALL_TENSORFLOW, DataError
+from flaxcnn.datasets.catalog import INSTALL_TENSORFLOW, DataError, tensorflow_installed
 
 
 def tensorflow():
     """TensorFlow (configured by :mod:`flaxcnn.datasets.tf_setup`), or a one-line DataError."""
-    if importlib.util.find_spec("tensorflow") is None:
+    if not tensorflow_installed():
         raise DataError("the tf.data stream (--config.input_pipeline=stream) needs TensorFlow, "
                         f"which is not installed: {INSTALL_TENSORFLOW}, or use "
                         "--config.input_pipeline=device")

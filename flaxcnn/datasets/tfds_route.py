@@ -8,7 +8,6 @@ TensorFlow, the other cases stop with one line saying how to install it.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import re
 
@@ -16,7 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import registered as tfds_registered
 
-from flaxcnn.datasets.catalog import INSTALL_TENSORFLOW, SAMPLE_NAME, DataError
+from flaxcnn.datasets.catalog import (INSTALL_TENSORFLOW, SAMPLE_NAME, DataError,
+                                      tensorflow_installed)
 from flaxcnn.datasets.dataset import ArrayDataset, DatasetInfo
 from flaxcnn.datasets.tf_dataset import TfdsDataset
 from flaxcnn.datasets.tf_setup import configure_tfds, count, quiet, tensorflow
@@ -34,7 +34,7 @@ def resolve(name: str, *, data_dir, process_index: int, process_count: int, can_
     it is not.
     """
     configure_tfds()
-    has_tensorflow = importlib.util.find_spec("tensorflow") is not None
+    has_tensorflow = tensorflow_installed()
     if has_tensorflow:
         tensorflow()  # configured before tfds touches it
     with quiet():  # e.g. "Variant folder ... has no dataset_info.json" before preparing
@@ -62,7 +62,8 @@ def resolve(name: str, *, data_dir, process_index: int, process_count: int, can_
                                             process_count=process_count)
     if not has_tensorflow:
         raise DataError(f"dataset {name!r} in {builder.data_dir} is stored as "
-                        f"{builder.info.file_format}, which tfds reads only with TensorFlow: "
+                        f"{builder.info.file_format.value}, which tfds reads only with "
+                        f"TensorFlow: "
                         f"{INSTALL_TENSORFLOW}")
     info = DatasetInfo(name=name, num_classes=int(label.num_classes),
                        class_names=tuple(label.names), image_shape=shape if static else None,
