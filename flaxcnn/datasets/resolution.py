@@ -85,9 +85,9 @@ def is_prepared(name, *, data_dir=None) -> bool:
     if name == SAMPLE_NAME:
         return True
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
-    if name in IDX_DATASETS and (_prepared_by_tfds(name, data_dir) or not download.missing(
-            name, os.path.join(data_dir, IDX_SUBDIR, name))):
-        return True
+    if name in IDX_DATASETS:
+        return _prepared_by_tfds(name, data_dir) or not download.missing(
+            name, os.path.join(data_dir, IDX_SUBDIR, name))
     from flaxcnn.datasets import tfds_route
 
     return tfds_route.is_prepared(name, data_dir)
