@@ -40,11 +40,9 @@ class Outputs:
         self.is_writer = jax.process_index() == 0
         self.writer = None
         if self.is_writer and config.tensorboard:
-            # TensorBoard's own event writer: the scalar summaries tf.summary writes, without
-            # TensorFlow.
-            from tensorboard.summary import DirectoryOutput, Writer
+            from flaxcnn.events import ScalarWriter  # TensorBoard's files, without TensorFlow
 
-            self.writer = Writer(DirectoryOutput(str(workdir)))
+            self.writer = ScalarWriter(str(workdir))
         self.painter = (ThreadPoolExecutor(1, thread_name_prefix="flaxcnn-pictures")
                         if self.is_writer and config.plots else None)
         self.curves_job: Future | None = None
@@ -114,8 +112,8 @@ class Outputs:
         self.append_line(self.metrics_path, record)
         if self.writer is not None:
             with best_effort("write the TensorBoard scalars into", self.workdir):
-                for key in TENSORBOARD_SCALARS:
-                    self.writer.add_scalar(key, float(record[key]), record["epoch"])
+                self.writer.add_scalars(record["epoch"],
+                                        {k: record[k] for k in TENSORBOARD_SCALARS})
                 self.writer.flush()
         if self.painter is not None:
             self.curves_records = self.records()
