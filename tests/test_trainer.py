@@ -1,30 +1,36 @@
-"""trainer.train_and_evaluate end to end: every config under tfds's mock data, learning on the real
+"""trainer.train_and_evaluate end to end: every config on twelve IDX examples, learning on the real
 sample, the streamed input, the outputs a run leaves, errors."""
 import json
 
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from flaxcnn import models, outputs, plots, trainer
-from flaxcnn.datasets import resolution
 from flaxcnn.errors import UserError
 from tests.conftest import CONFIG_NAMES, train_to_end
+from tests.data_helpers import write_idx_dir
 
 
 def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def twelve_examples(tmp_path_factory):
+    """An --config.idx_dir folder of 12 random train and 12 test images (fashion_mnist's files)."""
+    directory = tmp_path_factory.mktemp("idx")
+    write_idx_dir(directory, seed=0, n_train=12, n_test=12)
+    return str(directory)
+
+
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_every_config_trains_one_real_step_on_mock_data(name, make_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
-    config = make_config(name, batch_size=8, num_epochs=1)
+def test_every_config_trains_one_real_step_on_twelve_examples(name, make_config, tmp_path,
+                                                              twelve_examples):
+    config = make_config(name, batch_size=8, num_epochs=1, idx_dir=twelve_examples)
     config.image_size = max(models.create(config.model).min_input_size, 16)
-    with tfds.testing.mock_data(num_examples=12):
-        train_to_end(config, tmp_path)
+    train_to_end(config, tmp_path)
     (record,) = read_metrics(tmp_path)
     assert record["epoch"] == 1 and record["step"] == 1  # 12 examples: one batch of 8
     assert record["test_examples"] == 12  # the padded last eval batch is masked
