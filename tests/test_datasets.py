@@ -5,8 +5,6 @@ import gzip
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -16,7 +14,6 @@ import tensorflow_datasets as tfds
 from flaxcnn import datasets
 from flaxcnn.datasets import idx as idx_lib
 from flaxcnn.datasets import resolution
-from tests.conftest import REPO
 from tests.data_helpers import (TFDS_TEST_IMAGES, TFDS_TEST_NAME, tfds_test_builder, write_idx,
                                 write_idx_dir)
 
