@@ -24,9 +24,10 @@ TEST_COUNTS = [108, 105, 111, 94, 115, 88, 97, 95, 95, 95]
 
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
-    """A tfds data_dir with the sample prepared once for the whole module."""
+    """A data_dir for the module; the sample is read in place and writes nothing into it."""
     root = str(tmp_path_factory.mktemp("tfds"))
     datasets.resolve(SAMPLE, data_dir=root).info
+    assert os.listdir(root) == []
     return root
 
 
@@ -35,7 +36,6 @@ def sample_test(sample_dir):
     return datasets.resolve(SAMPLE, data_dir=sample_dir).load_arrays("test")
 
 
-_write_idx, _write_idx_dir = write_idx, write_idx_dir
 
 
 # --- the bundled sample ----------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_sample_arrays(sample_dir, sample_test):
 
 
 def test_idx_route_exact_arrays_and_no_shadowing(tmp_path, sample_dir):
-    arrays = _write_idx_dir(tmp_path / "idx", seed=0)
+    arrays = write_idx_dir(tmp_path / "idx", seed=0)
     root = tmp_path / "tfds"
     info = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(tmp_path / "idx")).info
     assert (info.name, info.num_train, info.num_test) == ("fashion_mnist", 50, 20)
@@ -87,9 +87,9 @@ def test_idx_route_exact_arrays_and_no_shadowing(tmp_path, sample_dir):
 
 def test_idx_route_changed_files_give_new_data(tmp_path):
     directory, root = str(tmp_path / "idx"), str(tmp_path / "tfds")
-    _write_idx_dir(directory, seed=1)
+    write_idx_dir(directory, seed=1)
     first = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
-    changed = _write_idx_dir(directory, seed=2, n_train=30)
+    changed = write_idx_dir(directory, seed=2, n_train=30)
     second = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
     assert len(first[0]) == 50
     np.testing.assert_array_equal(second[0][..., 0], changed["train"][0])
@@ -98,7 +98,7 @@ def test_idx_route_changed_files_give_new_data(tmp_path):
 
 def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
     directory = tmp_path / "idx"
-    arrays = _write_idx_dir(directory, seed=5)
+    arrays = write_idx_dir(directory, seed=5)
     reads = []
     monkeypatch.setattr(idx_lib, "read", lambda path, magic, read=idx_lib.read: reads.append(path)
                         or read(path, magic))
@@ -117,7 +117,7 @@ def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
 
 def test_idx_route_default_data_dir_is_not_shadowed(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "default"))  # tfds' own default data_dir
-    _write_idx_dir(tmp_path / "idx", seed=3, n_train=12, n_test=5, size=(8, 6))
+    write_idx_dir(tmp_path / "idx", seed=3, n_train=12, n_test=5, size=(8, 6))
     info = datasets.resolve("mnist", idx_dir=str(tmp_path / "idx")).info
     assert info.class_names == tuple("0123456789") and info.image_shape == (8, 6, 1)
     assert not (tmp_path / "default").exists()
@@ -127,7 +127,7 @@ def test_idx_route_default_data_dir_is_not_shadowed(tmp_path, monkeypatch):
 
 def test_idx_route_bad_files(tmp_path):
     directory = tmp_path / "idx"
-    _write_idx_dir(directory, seed=4)
+    write_idx_dir(directory, seed=4)
     labels = directory / "train-labels-idx1-ubyte.gz"
     images = directory / "t10k-images-idx3-ubyte.gz"
     good_images = images.read_bytes()
@@ -276,7 +276,7 @@ def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
 ])
 def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message, tmp_path):
     directory, root = tmp_path / "idx", tmp_path / "tfds"
-    arrays = _write_idx_dir(directory, seed=6)
+    arrays = write_idx_dir(directory, seed=6)
     images = directory / "t10k-images-idx3-ubyte.gz"
     good = {p: p.read_bytes() for p in directory.iterdir()}
     if damage == "truncated gzip":
@@ -284,9 +284,9 @@ def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message
     elif damage == "not gzip":  # e.g. an HTML error page saved under the file's name
         images.write_bytes(b"<html><body>403 Forbidden</body></html>")
     elif damage == "wrong magic":
-        _write_idx(images, arrays["test"][1])  # a labels file under the images' name
+        write_idx(images, arrays["test"][1])  # a labels file under the images' name
     else:
-        _write_idx(directory / "t10k-labels-idx1-ubyte.gz", arrays["test"][1][:19])
+        write_idx(directory / "t10k-labels-idx1-ubyte.gz", arrays["test"][1][:19])
     with pytest.raises(datasets.DataError, match=message) as error:
         datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory))
     assert "\n" not in str(error.value)
@@ -363,6 +363,10 @@ def test_a_tfds_array_record_dataset_is_read_through_its_data_source(tfds_prepar
 
 def test_fashion_mnist_prepared_by_tfds_is_read_from_tfds(tmp_path, monkeypatch):
     monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: False)
+    killed = tmp_path / "fashion_mnist" / "incomplete.X1Y2_3.0.1"  # a preparation tfds never ended
+    killed.mkdir(parents=True)
+    (killed / "dataset_info.json").write_text("{}")
+    assert not datasets.is_prepared("fashion_mnist", data_dir=str(tmp_path))
     (tmp_path / "fashion_mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     calls = []

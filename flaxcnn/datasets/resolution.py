@@ -144,7 +144,7 @@ def _from_idx(name: str, folder: str, what_to_do: str, *, class_names=None,
 
 
 def _prepared_by_tfds(name: str, data_dir: str) -> bool:
-    """Whether tfds has prepared `name` in data_dir (``<name>/<version>/dataset_info.json``);
-    asks no tfds, so the IDX routes never import it."""
-    pattern = os.path.join(glob.escape(data_dir), name, "*", "dataset_info.json")
+    """Whether tfds has prepared `name` in data_dir (``<name>/<version>/dataset_info.json``, not
+    in one of its ``incomplete.*`` folders); asks no tfds, so the IDX routes never import it."""
+    pattern = os.path.join(glob.escape(data_dir), name, "[0-9]*", "dataset_info.json")
     return bool(glob.glob(pattern))
