@@ -60,9 +60,10 @@ def synthetic(n: int, shape, classes: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def fashion_mnist_arrays(train_examples: int | None):
-    """The real Fashion-MNIST when tfds has it prepared here; else synthetic uint8 of its shape."""
+    """The real Fashion-MNIST when it is here (downloaded IDX files, or prepared by tfds); else
+    synthetic uint8 of its shape."""
     try:
-        from flaxcnn import datasets  # needs TensorFlow
+        from flaxcnn import datasets  # numpy only, unless tfds prepared it (then tfds)
 
         if datasets.is_prepared("fashion_mnist"):
             dataset = datasets.resolve("fashion_mnist")

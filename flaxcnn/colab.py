@@ -1,15 +1,15 @@
 """Installing flaxcnn into a Colab runtime (or any notebook) without disturbing what it preinstalled.
 
-Colab's runtimes come with jax, flax, optax, orbax, numpy and tfds, and its GPU runtime with a full
-TensorFlow. Installing flaxcnn's requirements on top of them would put a second TensorFlow
-(`tensorflow-cpu`) into the same `tensorflow/` folder, which breaks `import tensorflow`, or upgrade
-jax without its jaxlib and CUDA/TPU plugin. So the notebook installs from a plan instead:
+Colab's runtimes come with jax, flax, optax, orbax, numpy and tfds; its GPU runtime also has a
+full TensorFlow, its TPU runtime none. Installing flaxcnn's requirements on top of them could upgrade
+jax without its jaxlib and CUDA/TPU plugin, or move the runtime's TensorFlow or numpy.
+So the notebook installs from a plan instead:
 
 * the runtime's jax stays if it is recent enough for flaxcnn (pyproject.toml's floor) and jax,
   jaxlib and the runtime's plugin (CUDA on a GPU, libtpu on a TPU) are one release; otherwise they are
   installed together, `jax[cuda12]==X` / `jax[tpu]==X` / `jax==X`, never one of them alone;
-* TensorFlow is installed (the `tensorflow-cpu` of pyproject.toml) only when no TensorFlow is there;
-  one that is there but too old is upgraded under its own name, never beside another;
+* TensorFlow is never installed (only the tf.data stream needs it, pyproject.toml's `stream` extra;
+  the TPU runtime has none and trains without it); one that is there is pinned so pip cannot move it;
 * of the other requirements, only those missing or older than pyproject.toml's floor are installed,
   with the runtime's jax, jaxlib, TensorFlow and numpy pinned so pip's resolver cannot move them;
   a preinstalled release newer than the tested range is kept (with a note), not downgraded;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import glob
 import importlib
 import importlib.metadata
-import importlib.util
 import os
 import shlex
 import shutil
@@ -141,14 +140,12 @@ def jax_problem(runtime: str, installed: Mapping[str, str], requirement: Require
 
 
 def install_plan(runtime: str, installed: Mapping[str, str], requirements: Iterable[str],
-                 lock: Mapping[str, str], tensorflow_importable: bool | None = None,
-                 project: str = ".") -> tuple[list[list[str]], list[str]]:
+                 lock: Mapping[str, str], project: str = ".") -> tuple[list[list[str]], list[str]]:
     """The pip commands (argument lists after `python -m pip`) that make flaxcnn run here, and notes.
 
     runtime: 'cpu', 'gpu' or 'tpu'. installed: {canonical name: version} (see installed_versions).
     requirements: pyproject.toml's dependencies. lock: requirements.txt's pins, the jax stack installed
-    when the runtime's must be replaced. tensorflow_importable: whether `import tensorflow` finds a
-    package even though no known TensorFlow distribution is listed (None: only the listing counts).
+    when the runtime's must be replaced.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
@@ -158,67 +155,13 @@ def install_plan(runtime: str, installed: Mapping[str, str], requirements: Itera
     requirements = [r for r in requirements if r.marker is None or r.marker.evaluate()]
     by_name = {canonicalize_name(r.name): r for r in requirements}
     commands, notes = [], []
-
-    # 1. jax, jaxlib and the plugin: kept, or moved together.
-    jax_pins, new_jax = {}, False
-    problem = jax_problem(runtime, installed, by_name["jax"])
-    if problem is None:
-        jax_pins = {"jax": installed["jax"], "jaxlib": installed["jaxlib"]}
-        notes.append(f"keeping the runtime's jax {installed['jax']}")
-    else:
-        jax = installed.get("jax")
-        new_jax = jax is None or too_old(jax, by_name["jax"])
-        target = lock["jax"] if new_jax else jax  # else the same release, made whole
-        command = ["install", f"{_jax_extra(runtime)}=={target}"]
-        if runtime == "cpu":
-            command.append(f"jaxlib=={target}")
-        if new_jax:  # a new jax needs the flax, optax and orbax of its own time
-            command += [f"{name}=={lock[name]}" for name in JAX_COMPANIONS if name in lock]
-        commands.append(command)
-        jax_pins = {"jax": target, "jaxlib": target}
-        notes.append(f"{problem}: installing {' '.join(command[1:])}")
-
-    # 2. TensorFlow: the runtime's one, or tensorflow-cpu when there is none.
-    tf_requirements = [r for r in requirements if canonicalize_name(r.name) in TENSORFLOW_DISTS]
-    present_tf = [name for name in TENSORFLOW_DISTS if name in installed]
-    tf_pins, wanted, upgraded = {}, [], []
-    if len(present_tf) > 1:
-        notes.append("several TensorFlow distributions share one tensorflow/ folder: "
-                     + ", ".join(f"{n} {installed[n]}" for n in present_tf)
-                     + "; uninstall all but one (flaxcnn installs none beside them)")
-    if present_tf:
-        name = present_tf[0]
-        floor = tf_requirements[0] if tf_requirements else None
-        if floor is not None and too_old(installed[name], floor):
-            wanted.append(f"{name}{floor.specifier}")
-            upgraded.append(name)
-            notes.append(f"{name} {installed[name]} is older than flaxcnn needs: upgrading it")
-        else:
-            tf_pins[name] = installed[name]
-            notes.append(f"keeping the runtime's {name} {installed[name]}")
-    elif tensorflow_importable:
-        notes.append("an unlisted TensorFlow is importable: keeping it, installing none")
-    else:
-        wanted += [_spec(r) for r in tf_requirements]
-
-    # 3. Everything else pyproject.toml asks for: only what is missing or too old.
-    for requirement in requirements:
-        name = canonicalize_name(requirement.name)
-        if name == "jax" or name in TENSORFLOW_DISTS:
-            continue
-        if new_jax and name in JAX_COMPANIONS and name in lock:
-            continue  # installed with the new jax above
-        version = installed.get(name)
-        if version is None:
-            wanted.append(_spec(requirement))
-        elif too_old(version, requirement):
-            wanted.append(_spec(requirement))
-            upgraded.append(name)
-        elif above_range(version, requirement):
-            notes.append(f"keeping the runtime's {name} {version}, newer than tested "
-                         f"({requirement.specifier})")
-    if new_jax and tf_pins:  # the new jax's numpy and ml_dtypes must still suit the runtime's TF
-        commands[0] += [f"{n}=={v}" for n, v in tf_pins.items()]
+    jax_command, jax_pins, new_jax = _plan_jax(runtime, installed, by_name["jax"], lock, notes)
+    tf_pins = _plan_tensorflow(installed, notes)
+    if jax_command:
+        if new_jax:  # the new jax's numpy and ml_dtypes must still suit the runtime's TF
+            jax_command += [f"{n}=={v}" for n, v in tf_pins.items()]
+        commands.append(jax_command)
+    wanted, upgraded = _plan_others(requirements, installed, lock, new_jax, notes)
     if wanted:
         pins = {**jax_pins, **tf_pins}
         if "numpy" in installed and "numpy" not in upgraded and not new_jax:
@@ -226,10 +169,63 @@ def install_plan(runtime: str, installed: Mapping[str, str], requirements: Itera
         commands.append(["install", *wanted, *(f"{n}=={v}" for n, v in pins.items())])
     if upgraded:
         notes.append("upgrading " + ", ".join(f"{n} {installed[n]}" for n in upgraded))
-
-    # 4. flaxcnn itself, from the checkout, with nothing else.
-    commands.append(["install", "--no-deps", "-e", project])
+    commands.append(["install", "--no-deps", "-e", project])  # flaxcnn itself, nothing else
     return commands, notes
+
+
+def _plan_jax(runtime: str, installed: Mapping[str, str], requirement: Requirement,
+              lock: Mapping[str, str], notes: list[str]):
+    """jax, jaxlib and the plugin: kept, or moved together. (pip command or None, the pins that
+    keep them, whether jax is replaced by the lock's)."""
+    problem = jax_problem(runtime, installed, requirement)
+    if problem is None:
+        notes.append(f"keeping the runtime's jax {installed['jax']}")
+        return None, {"jax": installed["jax"], "jaxlib": installed["jaxlib"]}, False
+    jax = installed.get("jax")
+    new_jax = jax is None or too_old(jax, requirement)
+    target = lock["jax"] if new_jax else jax  # else the same release, made whole
+    command = ["install", f"{_jax_extra(runtime)}=={target}"]
+    if runtime == "cpu":
+        command.append(f"jaxlib=={target}")
+    if new_jax:  # a new jax needs the flax, optax and orbax of its own time
+        command += [f"{name}=={lock[name]}" for name in JAX_COMPANIONS if name in lock]
+    notes.append(f"{problem}: installing {' '.join(command[1:])}")
+    return command, {"jax": target, "jaxlib": target}, new_jax
+
+
+def _plan_tensorflow(installed: Mapping[str, str], notes: list[str]) -> dict[str, str]:
+    """The runtime's TensorFlow, pinned so that pip cannot move it; none is installed (only the
+    tf.data stream needs it: the `stream` extra)."""
+    present = [name for name in TENSORFLOW_DISTS if name in installed]
+    if len(present) > 1:
+        notes.append("several TensorFlow distributions share one tensorflow/ folder: "
+                     + ", ".join(f"{n} {installed[n]}" for n in present)
+                     + "; uninstall all but one (flaxcnn installs none beside them)")
+    if not present:
+        notes.append("no TensorFlow: installing none (only --config.input_pipeline=stream needs "
+                     'it: pip install "flaxcnn[stream]")')
+        return {}
+    notes.append(f"keeping the runtime's {present[0]} {installed[present[0]]}")
+    return {present[0]: installed[present[0]]}
+
+
+def _plan_others(requirements, installed: Mapping[str, str], lock: Mapping[str, str],
+                 new_jax: bool, notes: list[str]) -> tuple[list[str], list[str]]:
+    """Everything else pyproject.toml asks for: only what is missing or too old (wanted, upgraded)."""
+    wanted, upgraded = [], []
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        if name == "jax" or (new_jax and name in JAX_COMPANIONS and name in lock):
+            continue  # installed with jax
+        version = installed.get(name)
+        if version is None or too_old(version, requirement):
+            wanted.append(_spec(requirement))
+            if version is not None:
+                upgraded.append(name)
+        elif above_range(version, requirement):
+            notes.append(f"keeping the runtime's {name} {version}, newer than tested "
+                         f"({requirement.specifier})")
+    return wanted, upgraded
 
 
 def _run_pip(args: list[str]) -> None:
@@ -250,9 +246,8 @@ def install(root: str | Path = ".", runtime: str | None = None, dry_run: bool = 
     """Detects the runtime, plans the install (install_plan), runs it, and reports what it did."""
     runtime = runtime or detect_runtime()
     before = installed_versions()
-    commands, notes = install_plan(
-        runtime, before, project_requirements(root), lock_versions(root),
-        tensorflow_importable=importlib.util.find_spec("tensorflow") is not None, project=str(root))
+    commands, notes = install_plan(runtime, before, project_requirements(root), lock_versions(root),
+                                   project=str(root))
     print(f"runtime: {runtime}")
     for note in notes:
         print(" -", note)

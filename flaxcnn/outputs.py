@@ -39,11 +39,9 @@ class Outputs:
         self.is_writer = jax.process_index() == 0
         self.writer = None
         if self.is_writer and config.tensorboard:
-            from flaxcnn.datasets.tf_setup import tensorflow
-            tensorflow()  # clu's writer imports TensorFlow: configured and quiet first
-            from clu import metric_writers
+            from flaxcnn.events import ScalarWriter  # TensorBoard's files, without TensorFlow
 
-            self.writer = metric_writers.SummaryWriter(str(workdir))
+            self.writer = ScalarWriter(str(workdir))
         self.painter = (ThreadPoolExecutor(1, thread_name_prefix="flaxcnn-pictures")
                         if self.is_writer and config.plots else None)
         self.curves_job: Future | None = None
@@ -123,8 +121,8 @@ class Outputs:
         self.append_line(self.metrics_path, record)
         if self.writer is not None:
             with best_effort("write the TensorBoard scalars into", self.workdir):
-                self.writer.write_scalars(record["epoch"],
-                                          {k: record[k] for k in TENSORBOARD_SCALARS})
+                self.writer.add_scalars(record["epoch"],
+                                        {k: record[k] for k in TENSORBOARD_SCALARS})
                 self.writer.flush()
         if self.painter is not None:
             self.curves_records = self.records()

@@ -156,7 +156,7 @@ class DevicePipeline:
 
 
 class StreamPipeline:
-    """Batches of this process's shard streamed from tf.data (see `flaxcnn.datasets.Dataset`)."""
+    """Batches of this process's shard streamed from tf.data (a dataset's stream_train, stream_eval)."""
 
     def __init__(self, dataset, cfg: training.StepConfig, *, steps_per_epoch: int, seed: int):
         self.dataset, self.cfg, self.seed = dataset, cfg, seed

@@ -4,17 +4,18 @@ the confusion matrix, as PNGs of a fixed pixel size.
 Figures are built with matplotlib's object API and rendered by the Agg canvas, so nothing goes through
 pyplot: no display is needed, no global backend is switched, and no figure stays open after a call.
 Every PNG is written atomically (a temporary file in the same folder, then os.replace), so a viewer
-never sees a half-written curves.png while it is rewritten after each epoch.
+never sees a half-written curves.png while it is rewritten after each epoch. matplotlib is imported
+only when a picture is drawn, so a run with --config.plots=false needs none (a GPU machine without
+it can train).
 """
+from __future__ import annotations
+
 import math
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 CURVES_SIZE = (640, 440)        # PNG width, height in pixels
@@ -37,14 +38,17 @@ class Line(NamedTuple):
     y: np.ndarray
 
 
-def new_figure(size_pixels: tuple[int, int]) -> Figure:
+def new_figure(size_pixels: tuple[int, int]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     width, height = size_pixels
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def save_png(figure: Figure, path) -> None:
+def save_png(figure, path) -> None:
     """Renders `figure` at its own size and dpi into `path`, atomically."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -63,6 +67,8 @@ def epoch_marker(epochs) -> str | None:
 
 def epoch_axis(axes, epochs) -> None:
     """x axis labelled "epoch", from the first to the last of `epochs`, with integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.set_xlabel("epoch")

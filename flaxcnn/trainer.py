@@ -113,6 +113,7 @@ NUMERIC_RANGES = (
     ("batch_size", True, lambda v: v >= 1, "a whole number, at least 1"),
     ("eval_batch_size", True, lambda v: v >= 0, "a whole number, 0 (= batch_size) or more"),
     ("image_size", True, lambda v: v >= 1, "a whole number, at least 1"),
+    ("folder_store_size", True, lambda v: v >= 1, "a whole number of pixels, at least 1"),
     ("num_epochs", True, lambda v: v >= 0, "a whole number, 0 or more"),
     ("checkpoint_every_epochs", True, lambda v: v >= 1, "a whole number, at least 1"),
     ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),
@@ -152,7 +153,9 @@ def resolve_dataset(config) -> datasets.Dataset:
         if (turn == "first") == (jax.process_index() == 0):
             dataset = datasets.resolve(
                 config.dataset, data_dir=config.data_dir or None, idx_dir=config.idx_dir or None,
-                process_index=jax.process_index(), process_count=jax.process_count())
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                folder_store_size=config.folder_store_size, folder_skip_bad=config.folder_skip_bad,
+                progress=config.progress and jax.process_index() == 0)
         cluster.sync(f"dataset {turn}")
     return dataset
 

@@ -1,11 +1,10 @@
-"""flaxcnn.datasets: the bundled sample, the IDX route, offline errors, shards, mock_data, streaming."""
+"""flaxcnn.datasets: the bundled sample, the IDX route, offline errors, shards, the tfds route
+(mock_data, data sources, damaged folders), streaming, and no TensorFlow on the array routes."""
 import dataclasses
 import gzip
 import os
 import socket
 import struct
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,8 @@ import tensorflow_datasets as tfds
 from flaxcnn import datasets
 from flaxcnn.datasets import idx as idx_lib
 from flaxcnn.datasets import resolution
-from tests.conftest import REPO
+from tests.data_helpers import (TFDS_TEST_IMAGES, TFDS_TEST_NAME, tfds_test_builder, write_idx,
+                                write_idx_dir)
 
 SAMPLE = datasets.SAMPLE_NAME
 TRAIN_COUNTS = [107, 105, 88, 92, 95, 100, 100, 115, 102, 99]
@@ -24,9 +24,10 @@ TEST_COUNTS = [108, 105, 111, 94, 115, 88, 97, 95, 95, 95]
 
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
-    """A tfds data_dir with the sample prepared once for the whole module."""
+    """A data_dir for the module; the sample is read in place and writes nothing into it."""
     root = str(tmp_path_factory.mktemp("tfds"))
     datasets.resolve(SAMPLE, data_dir=root).info
+    assert os.listdir(root) == []
     return root
 
 
@@ -35,24 +36,6 @@ def sample_test(sample_dir):
     return datasets.resolve(SAMPLE, data_dir=sample_dir).load_arrays("test")
 
 
-def _write_idx(path, array):
-    """An independent IDX writer (not flaxcnn.idx's), gzipped."""
-    array = np.asarray(array, np.uint8)
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(f">I{array.ndim}I", 0x800 | array.ndim, *array.shape) + array.tobytes())
-
-
-def _write_idx_dir(directory, seed, n_train=50, n_test=20, size=(28, 28)):
-    rng = np.random.default_rng(seed)
-    arrays = {
-        "train": (rng.integers(0, 256, (n_train, *size), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8)),
-        "test": (rng.integers(0, 256, (n_test, *size), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)),
-    }
-    os.makedirs(directory, exist_ok=True)
-    for split, (images_name, labels_name) in idx_lib.FILES.items():
-        _write_idx(os.path.join(directory, images_name), arrays[split][0])
-        _write_idx(os.path.join(directory, labels_name), arrays[split][1])
-    return arrays
 
 
 # --- the bundled sample ----------------------------------------------------------------------
@@ -85,16 +68,11 @@ def test_sample_arrays(sample_dir, sample_test):
         np.testing.assert_array_equal(sample_test[1], np.frombuffer(f.read()[8:], np.uint8))
 
 
-def test_sample_is_registered_in_tfds(sample_dir):
-    ds = tfds.load(SAMPLE, split="test[:5]", data_dir=sample_dir, batch_size=5)
-    assert next(iter(tfds.as_numpy(ds)))["image"].shape == (5, 28, 28, 1)
-
-
 # --- the idx_dir route -----------------------------------------------------------------------
 
 
 def test_idx_route_exact_arrays_and_no_shadowing(tmp_path, sample_dir):
-    arrays = _write_idx_dir(tmp_path / "idx", seed=0)
+    arrays = write_idx_dir(tmp_path / "idx", seed=0)
     root = tmp_path / "tfds"
     info = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(tmp_path / "idx")).info
     assert (info.name, info.num_train, info.num_test) == ("fashion_mnist", 50, 20)
@@ -104,33 +82,32 @@ def test_idx_route_exact_arrays_and_no_shadowing(tmp_path, sample_dir):
         np.testing.assert_array_equal(x[..., 0], arrays[split][0])
         np.testing.assert_array_equal(y, arrays[split][1].astype(np.int32))
         assert x.dtype == np.uint8 and y.dtype == np.int32
-    assert sorted(os.listdir(root)) == [datasets.IDX_SUBDIR]  # no fashion_mnist/, no downloads/
-    assert len(os.listdir(root / datasets.IDX_SUBDIR)) == 1
+    assert not root.exists()  # read in place: nothing prepared or copied into data_dir
 
 
 def test_idx_route_changed_files_give_new_data(tmp_path):
     directory, root = str(tmp_path / "idx"), str(tmp_path / "tfds")
-    _write_idx_dir(directory, seed=1)
+    write_idx_dir(directory, seed=1)
     first = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
-    changed = _write_idx_dir(directory, seed=2, n_train=30)
+    changed = write_idx_dir(directory, seed=2, n_train=30)
     second = datasets.resolve("fashion_mnist", data_dir=root, idx_dir=directory).load_arrays("train")
     assert len(first[0]) == 50
     np.testing.assert_array_equal(second[0][..., 0], changed["train"][0])
-    assert len(os.listdir(os.path.join(root, datasets.IDX_SUBDIR))) == 2
+    assert not os.path.exists(root)  # no stale copy that could be served instead
 
 
 def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
     directory = tmp_path / "idx"
-    arrays = _write_idx_dir(directory, seed=5)
+    arrays = write_idx_dir(directory, seed=5)
     reads = []
     monkeypatch.setattr(idx_lib, "read", lambda path, magic, read=idx_lib.read: reads.append(path)
                         or read(path, magic))
     datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"), idx_dir=str(directory))
-    reads.clear()  # the first resolve also prepared the files into tfds' format
+    reads.clear()
     dataset = datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"),
                                idx_dir=str(directory))
-    assert len(reads) == 4  # once each, for the digest that names the prepared copy
-    for epoch in range(2):  # every epoch and evaluation reads the prepared copy, not the files
+    assert len(reads) == 4  # once each, into memory
+    for epoch in range(2):  # every epoch and evaluation reads the arrays, not the files
         assert len(list(dataset.stream_train(batch_size=10, image_size=28, seed=0,
                                              epoch=epoch))) == 5
         assert sum(b["mask"].sum() for b in dataset.stream_eval(batch_size=8, image_size=28)) == 20
@@ -139,20 +116,18 @@ def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
 
 
 def test_idx_route_default_data_dir_is_not_shadowed(tmp_path, monkeypatch):
-    from tensorflow_datasets.core import constants
-
-    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path / "default"))
-    _write_idx_dir(tmp_path / "idx", seed=3, n_train=12, n_test=5, size=(8, 6))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "default"))  # tfds' own default data_dir
+    write_idx_dir(tmp_path / "idx", seed=3, n_train=12, n_test=5, size=(8, 6))
     info = datasets.resolve("mnist", idx_dir=str(tmp_path / "idx")).info
     assert info.class_names == tuple("0123456789") and info.image_shape == (8, 6, 1)
-    assert os.listdir(tmp_path / "default") == [datasets.IDX_SUBDIR]
+    assert not (tmp_path / "default").exists()
     # tfds' own fashion_mnist/mnist in the default data_dir stay unprepared.
     assert not tfds.builder("mnist", data_dir=str(tmp_path / "default")).is_prepared()
 
 
 def test_idx_route_bad_files(tmp_path):
     directory = tmp_path / "idx"
-    _write_idx_dir(directory, seed=4)
+    write_idx_dir(directory, seed=4)
     labels = directory / "train-labels-idx1-ubyte.gz"
     images = directory / "t10k-images-idx3-ubyte.gz"
     good_images = images.read_bytes()
@@ -221,7 +196,9 @@ def test_shards_partition_the_split(sample_dir, sample_test):
 # --- tfds.testing.mock_data ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, shape", [("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
+# fashion_mnist and mnist are no longer read through tfds unless tfds prepared them (they are
+# downloaded as IDX files: tests/test_download.py), so mock_data tests two tfds-only datasets.
+@pytest.mark.parametrize("name, shape", [("kmnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_mock_data(name, shape, tmp_path, monkeypatch):
     monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
     with tfds.testing.mock_data(num_examples=12):
@@ -299,7 +276,7 @@ def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
 ])
 def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message, tmp_path):
     directory, root = tmp_path / "idx", tmp_path / "tfds"
-    arrays = _write_idx_dir(directory, seed=6)
+    arrays = write_idx_dir(directory, seed=6)
     images = directory / "t10k-images-idx3-ubyte.gz"
     good = {p: p.read_bytes() for p in directory.iterdir()}
     if damage == "truncated gzip":
@@ -307,9 +284,9 @@ def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message
     elif damage == "not gzip":  # e.g. an HTML error page saved under the file's name
         images.write_bytes(b"<html><body>403 Forbidden</body></html>")
     elif damage == "wrong magic":
-        _write_idx(images, arrays["test"][1])  # a labels file under the images' name
+        write_idx(images, arrays["test"][1])  # a labels file under the images' name
     else:
-        _write_idx(directory / "t10k-labels-idx1-ubyte.gz", arrays["test"][1][:19])
+        write_idx(directory / "t10k-labels-idx1-ubyte.gz", arrays["test"][1][:19])
     with pytest.raises(datasets.DataError, match=message) as error:
         datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory))
     assert "\n" not in str(error.value)
@@ -321,33 +298,12 @@ def test_damaged_idx_files_are_one_line_and_good_files_then_work(damage, message
     np.testing.assert_array_equal(y, arrays["test"][1])
 
 
-def test_a_killed_preparation_leaves_nothing_that_poisons_the_next_run(tmp_path):
-    directory, root = tmp_path / "idx", tmp_path / "tfds"
-    arrays = _write_idx_dir(directory, seed=7, n_train=6000, n_test=1000)
-    prepare = ("from flaxcnn import datasets; datasets.resolve('fashion_mnist', "
-               f"data_dir={str(root)!r}, idx_dir={str(directory)!r})")
-    process = subprocess.Popen([sys.executable, "-c", prepare], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not any("incomplete" in p.name for p in root.rglob("*")):  # tfds is writing
-        assert process.poll() is None and time.monotonic() < deadline, "no preparation seen"
-        time.sleep(0.02)
-    time.sleep(0.3)
-    process.kill()
-    process.wait()
-    left = [p for p in root.rglob("*") if "incomplete" in p.name]
-    assert left and not any(p.name == "1.0.0" for p in root.rglob("*"))  # half-prepared, unfinished
-
-    dataset = datasets.resolve("fashion_mnist", data_dir=str(root), idx_dir=str(directory))
-    assert (dataset.info.num_train, dataset.info.num_test) == (6000, 1000)
-    x, y = dataset.load_arrays("train")
-    np.testing.assert_array_equal(x[..., 0], arrays["train"][0])
-    np.testing.assert_array_equal(y, arrays["train"][1])
-
-
-def test_a_prepared_folder_without_its_data_files_is_one_line_and_recovers(tmp_path):
+def test_a_prepared_folder_without_its_data_files_is_one_line_and_recovers(tmp_path, monkeypatch):
     import shutil
 
+    SAMPLE = TFDS_TEST_NAME  # a tfds dataset that prepares offline (the sample is no tfds dataset)
+    tfds_test_builder()
+    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: True)
     root = str(tmp_path / "tfds")
     folder = datasets.resolve(SAMPLE, data_dir=root).builder.data_dir
     train_file = os.path.join(folder, f"{SAMPLE}-train.tfrecord-00000-of-00001")
@@ -366,4 +322,78 @@ def test_a_prepared_folder_without_its_data_files_is_one_line_and_recovers(tmp_p
             rf"{train_file} is missing \(1 of 1 files\); delete {folder} and run again")):
         datasets.resolve(SAMPLE, data_dir=root)
     shutil.rmtree(folder)  # what the message says to do
-    assert datasets.resolve(SAMPLE, data_dir=root).info.num_train == 1003
+    assert datasets.resolve(SAMPLE, data_dir=root).info.num_train == 20
+
+
+# --- datasets tfds prepared here: read as they are ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tfds_prepared(tmp_path_factory):
+    """data_dirs where tfds prepared flaxcnn_test_digits, as tfrecord and as ArrayRecord."""
+    builder = tfds_test_builder()
+    roots = {}
+    for file_format in ("tfrecord", "array_record"):
+        roots[file_format] = str(tmp_path_factory.mktemp(file_format))
+        builder(data_dir=roots[file_format], file_format=file_format).download_and_prepare()
+    return roots
+
+
+def assert_test_digits(images, labels):
+    """Every example is image j of TFDS_TEST_IMAGES with label j % 10, each j once (tfds stores
+    them in its own order)."""
+    index = {image.tobytes(): j for j, image in enumerate(TFDS_TEST_IMAGES)}
+    found = [index[image.tobytes()] for image in images]
+    assert sorted(found) == list(range(20))
+    assert labels.dtype == np.int32 and labels.tolist() == [j % 10 for j in found]
+
+
+def test_a_tfds_array_record_dataset_is_read_through_its_data_source(tfds_prepared):
+    dataset = datasets.resolve(TFDS_TEST_NAME, data_dir=tfds_prepared["array_record"])
+    assert isinstance(dataset, datasets.ArrayDataset)  # in memory: the device pipeline's arrays
+    assert (dataset.info.num_train, dataset.info.num_test, dataset.info.image_shape) == (
+        20, 20, (28, 28, 1))
+    images, labels = dataset.load_arrays("train")
+    assert images.dtype == np.uint8 and images.shape == (20, 28, 28, 1)
+    assert_test_digits(images, labels)
+    tfrecord = datasets.resolve(TFDS_TEST_NAME, data_dir=tfds_prepared["tfrecord"])
+    assert not isinstance(tfrecord, datasets.ArrayDataset)  # read by tf.data
+    assert_test_digits(*tfrecord.load_arrays("test"))
+
+
+def test_fashion_mnist_prepared_by_tfds_is_read_from_tfds(tmp_path, monkeypatch):
+    monkeypatch.setattr(resolution, "network_available", lambda timeout=3.0: False)
+    killed = tmp_path / "fashion_mnist" / "incomplete.X1Y2_3.0.1"  # a preparation tfds never ended
+    killed.mkdir(parents=True)
+    (killed / "dataset_info.json").write_text("{}")
+    assert not datasets.is_prepared("fashion_mnist", data_dir=str(tmp_path))
+    (tmp_path / "fashion_mnist" / "3.0.1").mkdir(parents=True)
+    (tmp_path / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    calls = []
+    from flaxcnn.datasets import tfds_route
+
+    monkeypatch.setattr(tfds_route, "resolve", lambda name, **kwargs: calls.append(name) or "tfds")
+    assert datasets.resolve("fashion_mnist", data_dir=str(tmp_path)) == "tfds"
+    assert calls == ["fashion_mnist"] and datasets.is_prepared("fashion_mnist", data_dir=str(tmp_path))
+    assert not (tmp_path / datasets.IDX_SUBDIR).exists()  # no download next to tfds' copy
+
+
+def test_array_dataset_from_arrays_plugs_in_other_readers():
+    rng = np.random.default_rng(3)
+    train = (rng.integers(0, 256, (7, 5, 4, 3), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2, 0]))
+    test = (rng.integers(0, 256, (3, 5, 4, 3), dtype=np.uint8), np.array([2, 1, 0]))
+    dataset = datasets.ArrayDataset.from_arrays("folder:x", ("a", "b", "c"), train, test,
+                                                process_index=1, process_count=2)
+    assert dataset.info == datasets.DatasetInfo("folder:x", 3, ("a", "b", "c"), (5, 4, 3), 3, 7, 3)
+    x, y = dataset.load_arrays("train")  # process 1 of 2: examples 4..6
+    np.testing.assert_array_equal(x, train[0][4:])
+    np.testing.assert_array_equal(y, [1, 2, 0])
+    assert y.dtype == np.int32 and dataset.train_batches_per_epoch(2) == 1
+    whole = dataclasses.replace(dataset, process_index=0, process_count=1)
+    np.testing.assert_array_equal(whole.load_arrays("test")[0], test[0])
+    with pytest.raises(datasets.DataError, match="labels must be in 0..2, got 0..3"):
+        datasets.ArrayDataset.from_arrays("folder:x", "abc", train, (test[0], [3, 1, 0]))
+    with pytest.raises(datasets.DataError, match="train images of shape .*test images of shape"):
+        datasets.ArrayDataset.from_arrays("folder:x", "abc", train, (test[0][:, :4], test[1]))
+    with pytest.raises(datasets.DataError, match="images must be uint8"):
+        datasets.ArrayDataset.from_arrays("folder:x", "abc", (train[0] * 1.0, train[1]), test)

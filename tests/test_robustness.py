@@ -214,16 +214,14 @@ def test_a_failed_metrics_write_leaves_no_torn_line(reference_run, run_config, t
 
 def test_pictures_and_tensorboard_that_fail_to_write_only_warn(reference_run, run_config,
                                                                 tmp_path, monkeypatch, capsys):
-    from clu import metric_writers
-
-    from flaxcnn import plots
+    from flaxcnn import events, plots
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     for name in ("curves", "predictions", "confusion"):
         monkeypatch.setattr(plots, name, full_disk)
-    monkeypatch.setattr(metric_writers.SummaryWriter, "write_scalars", full_disk)
+    monkeypatch.setattr(events.ScalarWriter, "add_scalars", full_disk)
     copy_run(reference_run, tmp_path, epochs=1)
     train_to_end(run_config(num_epochs=2), tmp_path)
     err = capsys.readouterr().err

@@ -1,34 +1,26 @@
-"""Datasets for flaxcnn, resolved once by :func:`resolve` into a :class:`Dataset`: any tfds image-classification dataset, plus two offline routes.
+"""Datasets for flaxcnn, resolved once by :func:`resolve` into a dataset object.
 
-Every route goes through TensorFlow Datasets (tfds), so the code that reads the data is the same:
+The routes that fit in memory need only numpy: the bundled ``fashion_mnist_sample``, an
+``idx_dir`` folder of the four official (Fashion-)MNIST IDX files, and ``fashion_mnist`` /
+``mnist`` downloaded as those files (see :mod:`flaxcnn.datasets.resolution`). They give an
+:class:`ArrayDataset`; so does any reader that has uint8 arrays (:meth:`ArrayDataset.from_arrays`).
+Other tfds datasets go through tfds (:mod:`flaxcnn.datasets.tfds_route`), which needs TensorFlow to
+prepare them; so does the tf.data stream (``--config.input_pipeline=stream``). Importing this
+package imports neither TensorFlow nor tfds.
 
-* ``name`` = any tfds dataset with an ``image`` (uint8) and a ``label`` (ClassLabel) feature
-  (``fashion_mnist``, ``mnist``, ``cifar10``, ...). It is downloaded and prepared into ``data_dir``
-  (tfds' default ``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``) the first time. Without a network
-  that fails within seconds with a :class:`DataError` naming the two offline routes below.
-* ``name='fashion_mnist_sample'``: the real first 1,003 train + 1,003 test images of Fashion-MNIST
-  bundled in ``flaxcnn/sample_data/`` (official IDX gz files), served by our tfds builder
-  :class:`FashionMnistSample` (registered in tfds as ``fashion_mnist_sample``). Works offline.
-* ``idx_dir=DIR`` with ``name`` ``fashion_mnist`` or ``mnist``: the four official IDX gz files in
-  DIR (any number of examples) are prepared by our builder :class:`IdxImages` into
-  ``<data_dir>/flaxcnn_idx/<digest of the files' contents>/``, so it never shadows the real
-  dataset in ``data_dir`` and changed files are never served from a stale copy.
+Every dataset object has ``.info`` (:class:`DatasetInfo`), ``.train_batches_per_epoch(batch)``,
+``.load_arrays('train' | 'test')`` (this process's shard: uint8 NHWC images, int32 labels),
+``.stream_train(...)`` / ``.stream_eval(...)``, and ``process_index`` / ``process_count`` fields
+that ``dataclasses.replace`` changes (``process_count=1``: the whole split).
 
-Train split is ``'train'``; the evaluation split is ``'test'`` (or ``'validation'`` for datasets
-without a test split, e.g. imagenet2012).
-
-Under ``tfds.testing.mock_data`` (random data, ``download_and_prepare`` a no-op, split metadata
-unknown) everything works the same; example counts are taken from the ``tf.data`` cardinality of
-what tfds actually serves, never from the split metadata alone, so ``DatasetInfo.num_train`` /
-``num_test`` equal the lengths of the arrays that :meth:`Dataset.load_arrays` returns (the mock's
-``num_examples``). Note that builders are not "prepared" under mock, so a caller must make
-:func:`network_available` return True there (or the offline error is raised).
+Train split is ``'train'``; the evaluation split is ``'test'`` (or ``'validation'`` for tfds
+datasets without a test split, e.g. imagenet2012).
 """
-from flaxcnn.datasets.builders import (FASHION_MNIST_CLASSES, IDX_DATASETS, MNIST_CLASSES,
-                                       SAMPLE_DIR, SAMPLE_NAME, DataError)
-from flaxcnn.datasets.dataset import Dataset, DatasetInfo
+from flaxcnn.datasets.catalog import (FASHION_MNIST_CLASSES, IDX_DATASETS, MNIST_CLASSES,
+                                      SAMPLE_DIR, SAMPLE_NAME, DataError)
+from flaxcnn.datasets.dataset import ArrayDataset, DatasetInfo
 from flaxcnn.datasets.resolution import IDX_SUBDIR, is_prepared, network_available, resolve
 
-__all__ = ["DataError", "Dataset", "DatasetInfo", "FASHION_MNIST_CLASSES", "IDX_DATASETS",
+__all__ = ["ArrayDataset", "DataError", "DatasetInfo", "FASHION_MNIST_CLASSES", "IDX_DATASETS",
            "IDX_SUBDIR", "MNIST_CLASSES", "SAMPLE_DIR", "SAMPLE_NAME", "is_prepared",
            "network_available", "resolve"]

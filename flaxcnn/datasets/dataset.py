@@ -1,16 +1,19 @@
-"""A resolved dataset: its facts, and this process's shard of it as arrays or as a tf.data stream."""
+"""A resolved dataset held as arrays: the bundled sample, IDX files, image folders, tfds data sources.
+
+Everything that fits in memory ends up here as uint8 (N, H, W, C) images and int32 labels, so the
+device pipeline needs nothing but numpy to get its data. Only streaming these arrays through tf.data
+(``--config.input_pipeline=stream``) imports TensorFlow, and only then.
+
+Any reader that yields arrays plugs in with :meth:`ArrayDataset.from_arrays`.
+"""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import math
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from flaxcnn.datasets.builders import DataError
-from flaxcnn.datasets.tf_setup import count, quiet, tensorflow
+from flaxcnn.datasets.catalog import DataError
 
 SPLITS = ("train", "test")
 
@@ -22,7 +25,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     image_shape: tuple | None  # (H, W, C) when static, None when images vary in size
     channels: int
-    num_train: int  # examples in the whole train split, as tfds serves it (all processes)
+    num_train: int  # examples in the whole train split (all processes)
     num_test: int  # examples in the whole evaluation split
 
     @property
@@ -35,20 +38,49 @@ class DatasetInfo:
         return (self.num_train + self.num_test) * per_example
 
 
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """A prepared tfds image-classification dataset and this process's place among the processes.
+def shard_bounds(num_examples: int, process_index: int, process_count: int,
+                 drop_remainder: bool = False) -> tuple[int, int]:
+    """[start, stop) of one process's contiguous shard, as ``tfds.split_for_jax_process`` cuts
+    it: the first ``num_examples % process_count`` shards hold one example more, unless
+    `drop_remainder` makes them all equal."""
+    base, extra = divmod(num_examples, process_count)
+    if drop_remainder:
+        return process_index * base, (process_index + 1) * base
+    start = process_index * base + min(process_index, extra)
+    return start, start + base + (process_index < extra)
 
-    Made once by :func:`flaxcnn.datasets.resolve`. ``train_split`` / ``test_split`` are tfds split
-    names ('test' is 'validation' for datasets without a test split). Shards are
-    ``tfds.split_for_jax_process``'s: they partition each split across processes.
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """Train and test arrays of a whole dataset, and this process's place among the processes.
+
+    ``train`` / ``test`` are ``(uint8 images (N, H, W, C), int32 labels (N,))`` of the whole split;
+    :meth:`load_arrays` and the streams give this process's shard of them.
     """
     info: DatasetInfo
-    builder: Any
-    train_split: str
-    test_split: str
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
     process_index: int = 0
     process_count: int = 1
+
+    @classmethod
+    def from_arrays(cls, name: str, class_names, train, test, *, process_index: int = 0,
+                    process_count: int = 1) -> ArrayDataset:
+        """Checks and wraps whole splits: images uint8 (N, H, W) or (N, H, W, C), labels in
+        [0, len(class_names))."""
+        class_names = tuple(class_names)
+        splits = {split: _checked_split(name, split, *arrays, len(class_names))
+                  for split, arrays in zip(SPLITS, (train, test))}
+        shapes = {split: images.shape[1:] for split, (images, _) in splits.items()}
+        if shapes["train"] != shapes["test"]:
+            raise DataError(f"dataset {name!r} has train images of shape {shapes['train']} but "
+                            f"test images of shape {shapes['test']}; they must match")
+        info = DatasetInfo(name=name, num_classes=len(class_names), class_names=class_names,
+                           image_shape=tuple(int(d) for d in shapes["train"]),
+                           channels=int(shapes["train"][-1]),
+                           num_train=len(splits["train"][1]), num_test=len(splits["test"][1]))
+        return cls(info=info, train=splits["train"], test=splits["test"],
+                   process_index=process_index, process_count=process_count)
 
     def train_batches_per_epoch(self, batch_size: int) -> int:
         """Batches of `batch_size` per epoch in each process: the same on every process (shards
@@ -57,116 +89,47 @@ class Dataset:
 
     def load_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32 labels."""
-        shape = self.info.image_shape
-        if shape is None:
-            raise DataError(f"dataset {self.info.name!r} has images of varying size; it must be "
-                            "streamed (--config.input_pipeline=stream), not loaded into memory")
-        tf = tensorflow()
-        with quiet():
-            ds = self.builder.as_dataset(split=self._shard(split),
-                                         read_config=tfds.ReadConfig(try_autocache=False))
-        ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
-        n = int(ds.cardinality())
-        if n == 0:
-            return np.zeros((0, *shape), np.uint8), np.zeros((0,), np.int32)
-        # One batch of the whole shard (what tfds' batch_size=-1 does, but sized from the actual
-        # cardinality: under mock_data batch_size=-1 asks for a batch of sys.maxsize and aborts).
-        chunks = list(tfds.as_numpy(ds.batch(n if n > 0 else 65536)))
-        return (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+        return self._shard(split)
 
     def stream_train(self, *, batch_size: int, image_size: int, seed: int, epoch: int,
-                     skip_batches: int = 0, shuffle_buffer: int = 10_000) -> Iterator[dict]:
-        """One epoch of this process's shard of 'train' as numpy batches.
+                     skip_batches: int = 0) -> Iterator[dict]:
+        """One epoch of this process's train shard through tf.data; see
+        :func:`flaxcnn.datasets.streams.train_batches`."""
+        from flaxcnn.datasets import streams
 
-        Yields ``{'image': uint8 (batch_size, image_size, image_size, C), 'label': int32}`` (the
-        last partial batch is dropped). The order depends only on ``(seed, epoch)``: the files and
-        a buffer of ``shuffle_buffer`` still-encoded examples are shuffled with a seed made from
-        both. ``skip_batches=k`` yields the same batches minus the first k (resuming mid-epoch).
-        Shards are equal-sized (``drop_remainder``), so every process yields the same number.
-        """
-        tf = tensorflow()
-        order_seed = _order_seed(seed, epoch)
-        read_config = tfds.ReadConfig(
-            shuffle_seed=order_seed, shuffle_reshuffle_each_iteration=False, try_autocache=False,
-            enable_ordering_guard=False,  # our IDX builders store examples in file order
-        )
-        with quiet():
-            ds = self.builder.as_dataset(split=self._shard("train", drop_remainder=True),
-                                         shuffle_files=True, read_config=read_config,
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
-        ds = ds.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
-        if skip_batches:
-            ds = ds.skip(int(skip_batches) * batch_size)
-        ds = ds.map(self._decode_and_resize(image_size), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        return ({"image": image, "label": label} for image, label in tfds.as_numpy(ds))
+        images, labels = self._shard("train", drop_remainder=True)
+        return streams.train_batches(images, labels, batch_size=batch_size, image_size=image_size,
+                                     seed=seed, epoch=epoch, skip_batches=skip_batches)
 
     def stream_eval(self, *, batch_size: int, image_size: int) -> Iterator[dict]:
-        """Every test example of this process's shard exactly once, in batches of `batch_size`.
+        """Every test example of this process's shard once; see
+        :func:`flaxcnn.datasets.streams.eval_batches`."""
+        from flaxcnn.datasets import streams
 
-        Yields ``{'image', 'label', 'mask'}``; the last batch is zero-padded to ``batch_size`` and
-        ``mask`` (bool) marks the real examples. Every process yields the same number of batches
-        (processes with a smaller shard add fully-masked batches), so multi-host eval steps line up.
-        """
-        tf = tensorflow()
-        with quiet():
-            ds = self.builder.as_dataset(split=self._shard("test"),
-                                         read_config=tfds.ReadConfig(try_autocache=False),
-                                         decoders={"image": tfds.decode.SkipDecoding()})
-        shard_size = count(ds)
-        num_batches = max(math.ceil(shard_size / batch_size),
-                          math.ceil(math.ceil(self.info.num_test / self.process_count) / batch_size))
-        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
-        ds = ds.map(self._decode_and_resize(image_size), num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        empty = {"image": np.zeros((batch_size, image_size, image_size, self.info.channels),
-                                   np.uint8),
-                 "label": np.zeros((batch_size,), np.int32), "mask": np.zeros((batch_size,), bool)}
+        images, labels = self._shard("test")
+        return streams.eval_batches(images, labels, batch_size=batch_size, image_size=image_size,
+                                    num_test=self.info.num_test, process_count=self.process_count)
 
-        def batches():
-            produced = 0
-            for image, label in tfds.as_numpy(ds):
-                n = len(label)
-                batch = {k: v.copy() for k, v in empty.items()}
-                batch["image"][:n], batch["label"][:n], batch["mask"][:n] = image, label, True
-                produced += 1
-                yield batch
-            for _ in range(num_batches - produced):
-                yield empty
-
-        return batches()
-
-    def _shard(self, split: str, drop_remainder: bool = False) -> str:
+    def _shard(self, split: str, drop_remainder: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        name = self.train_split if split == "train" else self.test_split
-        return tfds.split_for_jax_process(name, process_index=self.process_index,
-                                          process_count=self.process_count,
-                                          drop_remainder=drop_remainder)
-
-    def _decode_and_resize(self, image_size: int):
-        """A tf function: encoded image -> uint8 (image_size, image_size, C), resized only if needed."""
-        tf = tensorflow()
-        feature = self.builder.info.features["image"]
-        height, width, channels = feature.shape
-        resize = (height, width) != (image_size, image_size)
-
-        def fn(encoded, label):
-            image = feature.decode_example(encoded)
-            if resize:
-                # Bilinear with antialiasing, like jax.image.resize(method='bilinear') which the
-                # device pipeline uses; then rounded back to uint8.
-                image = tf.image.resize(image, (image_size, image_size), method="bilinear",
-                                        antialias=True)
-                image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-            image = tf.ensure_shape(image, (image_size, image_size, channels))
-            return image, tf.cast(label, tf.int32)
-
-        return fn
+        images, labels = self.train if split == "train" else self.test
+        start, stop = shard_bounds(len(labels), self.process_index, self.process_count,
+                                   drop_remainder)
+        return images[start:stop], labels[start:stop]
 
 
-def _order_seed(seed: int, epoch: int) -> int:
-    digest = hashlib.sha256(f"flaxcnn:{int(seed)}:{int(epoch)}".encode()).digest()
-    return int.from_bytes(digest[:7], "big")  # fits tf.int64
+def _checked_split(name: str, split: str, images, labels, num_classes: int):
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DataError(f"dataset {name!r}: {split} images must be uint8 (N, H, W, C), got "
+                        f"{images.dtype} {images.shape}")
+    if labels.shape != (len(images),):
+        raise DataError(f"dataset {name!r}: {len(images)} {split} images but labels of shape "
+                        f"{labels.shape}")
+    if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise DataError(f"dataset {name!r}: {split} labels must be in 0..{num_classes - 1}, got "
+                        f"{int(labels.min())}..{int(labels.max())}")
+    return images, labels.astype(np.int32)

@@ -47,7 +47,7 @@ import numpy as np
 import tqdm
 from PIL import Image, ImageOps
 
-from flaxcnn.datasets.builders import DataError
+from flaxcnn.datasets.catalog import DataError, default_data_dir
 from flaxcnn.errors import first_line, warn
 
 PREFIX = "folder:"
@@ -257,11 +257,6 @@ def _stack(examples, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------- cache
-
-
-def default_data_dir() -> str:
-    """tfds's default data_dir ($TFDS_DATA_DIR, else ~/tensorflow_datasets), without tfds."""
-    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
 
 
 def _cache_key(root: str, listing, store_size: int, skip_bad: bool) -> str:

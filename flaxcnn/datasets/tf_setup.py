@@ -1,4 +1,7 @@
-"""TensorFlow in its one job here, decoding and resizing uint8 images, and quiet about it."""
+"""TensorFlow and tfds in their jobs here (the tfds route, the tf.data stream), and quiet about it.
+
+Imported only by those routes: the sample, IDX files and downloads never load this module.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +28,7 @@ def tensorflow():
         _tensorflow_configured = True
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-        tfds_gcs._is_gcs_disabled = True  # pylint: disable=protected-access
-        tfds.disable_progress_bar()
+        configure_tfds()
         import tensorflow as tf
 
         try:  # a full (non -cpu) TF would otherwise grab GPU memory that JAX needs
@@ -36,6 +38,13 @@ def tensorflow():
     import tensorflow as tf
 
     return tf
+
+
+def configure_tfds():
+    """tfds never looks datasets up on gs://tfds-data (offline, the GCS client retries for
+    minutes) and draws no progress bars. Needs no TensorFlow."""
+    tfds_gcs._is_gcs_disabled = True  # pylint: disable=protected-access
+    tfds.disable_progress_bar()
 
 
 @contextlib.contextmanager
