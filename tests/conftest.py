@@ -252,6 +252,14 @@ def max_abs_difference(a, b) -> float:
 # --- small states and data for the step functions ------------------------------------------
 
 
+def sample_test_images():
+    """The bundled sample's test split as uint8 (N, 28, 28, 1) images and their labels."""
+    from flaxcnn.datasets import SAMPLE_DIR, idx
+
+    split = idx.read_split(SAMPLE_DIR, "test")
+    return split.images[..., None], split.labels
+
+
 def images_and_labels(n, seed=0, shape=(12, 12, 1)):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, (n, *shape), dtype=np.uint8),

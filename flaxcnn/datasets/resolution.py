@@ -70,21 +70,21 @@ def resolve(name, *, data_dir=None, idx_dir=None, process_index: int = 0,
             raise DataError(
                 f"--config.idx_dir only stands in for {' or '.join(IDX_DATASETS)}, not {name!r}; "
                 "drop idx_dir or set --config.dataset=fashion_mnist")
-        folder = os.path.abspath(os.path.expanduser(idx_dir))
-        return _from_idx(name, folder, "--config.idx_dir must hold the four official files "
+        directory = os.path.abspath(os.path.expanduser(idx_dir))
+        return _from_idx(name, directory, "--config.idx_dir must hold the four official files "
                          f"{', '.join(idx_lib.ALL_FILES)}", **shard)
     if name == SAMPLE_NAME:
         return _from_idx(SAMPLE_NAME, SAMPLE_DIR, "the bundled sample is damaged: reinstall "
                          "flaxcnn", class_names=IDX_DATASETS["fashion_mnist"], **shard)
     if name in IDX_DATASETS and not _prepared_by_tfds(name, data_dir):
-        folder = os.path.join(data_dir, IDX_SUBDIR, name)
-        if download.missing(name, folder):
+        directory = os.path.join(data_dir, IDX_SUBDIR, name)
+        if download.missing(name, directory):
             if not network_available():
                 raise DataError(
-                    f"dataset {name!r} is not in {folder} and cannot be downloaded (no "
+                    f"dataset {name!r} is not in {directory} and cannot be downloaded (no "
                     f"network); {OFFLINE_ROUTES}")
-            download.fetch(name, folder)
-        return _from_idx(name, folder, f"delete {folder} and run again to download it afresh",
+            download.fetch(name, directory)
+        return _from_idx(name, directory, f"delete {directory} and run again to download it afresh",
                          **shard)
     from flaxcnn.datasets import tfds_route  # imports tfds
 
