@@ -89,10 +89,15 @@ def check_config(config, device_count: int):
     included) with a one-line UserError, before any work starts."""
     if config.model not in models.names():
         raise UserError(f"unknown model {config.model!r}; use one of: {', '.join(models.names())}")
-    for field, allowed in (("optimizer", optimizers.OPTIMIZERS), ("lr_schedule", optimizers.LR_SCHEDULES),
-                           ("dtype", DTYPES), ("input_pipeline", PIPELINES)):
+    for field, allowed in (("optimizer", optimizers.OPTIMIZERS),
+                           ("lr_schedule", optimizers.LR_SCHEDULES), ("dtype", DTYPES),
+                           ("input_pipeline", PIPELINES), ("augment", augment.AUGMENTS),
+                           ("normalize", augment.CHOICES_OF_NORMALIZE)):
         if config[field] not in allowed:
             raise UserError(f"unknown {field} {config[field]!r}; use one of: {', '.join(allowed)}")
+    optimizers.check_finetune_options(init_from=config.init_from,
+                                      head_lr_multiplier=config.head_lr_multiplier,
+                                      freeze=config.freeze)
     for field, integer, ok, what in NUMERIC_RANGES:
         value = config[field]
         if value is None and field == "reference_accuracy":
@@ -181,8 +186,11 @@ def build_run(config, dataset, resuming: bool) -> Run:
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = dataset.train_batches_per_epoch(local_batch)
     if steps_per_epoch == 0 and not config.eval_only:
-        raise UserError(f"the training split has fewer examples per process than one batch "
-                        f"of {local_batch}; lower --config.batch_size")
+        per_process = info.num_train // jax.process_count()
+        where = f" ({per_process} per process)" if jax.process_count() > 1 else ""
+        raise UserError(f"{info.name} has {info.num_train} training examples{where}, fewer than "
+                        f"one batch of {config.batch_size}: set --config.batch_size to at most "
+                        f"{per_process * jax.process_count()}, or add examples")
     tx, schedule = optimizers.create_optimizer(
         optimizer=config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
         weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,

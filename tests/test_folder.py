@@ -188,16 +188,6 @@ def test_skip_bad_skips_counts_and_warns(tmp_path, sample, capsys):
         folder.load_folder(str(root), data_dir=str(tmp_path), store_size=8, skip_bad=True)
 
 
-def test_fewer_images_than_one_batch_is_refused(mixed, tmp_path):
-    data = folder.load_folder(str(mixed), data_dir=str(tmp_path), store_size=STORE)
-    folder.check_batch_size(data, 24)
-    with pytest.raises(DataError, match=r"has 24 training images, fewer than one batch of 32: "
-                                        r"set --config.batch_size to at most 24"):
-        folder.check_batch_size(data, 32)
-    with pytest.raises(DataError, match=r"24 training images \(12 per process of 2\)"):
-        folder.check_batch_size(data, 16, process_count=2)
-
-
 def test_folder_names_parse_and_an_empty_path_is_refused():
     assert folder.folder_path("fashion_mnist") is None
     assert folder.folder_path("folder:~/photos") == os.path.expanduser("~/photos")

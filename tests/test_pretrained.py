@@ -30,21 +30,7 @@ from torch_format import write_pth
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from pretrained_tensors import reference_input, reference_tensor  # noqa: E402
-
-
-def manifest(name):
-    return json.loads((FIXTURES / "pretrained" / f"{name}.json").read_text())
-
-
-@functools.lru_cache(maxsize=None)
-def _tensor(key, shape, dtype):
-    return reference_tensor(key, shape, dtype)  # the VGGs share their classifier's 120 M values
-
-
-def reference_state(name):
-    """The checkpoint torchvision's logits were computed for: {torchvision name: array}."""
-    return {key: _tensor(key, tuple(shape), dtype) for key, shape, dtype in manifest(name)["state_dict"]}
+from pretrained_tensors import manifest, reference_input, reference_state  # noqa: E402
 
 
 def images_compared(name):

@@ -116,18 +116,6 @@ def load_folder(path: str, *, data_dir: str | None = None, store_size: int = 256
     return data
 
 
-def check_batch_size(data: FolderData, batch_size: int, *, process_count: int = 1) -> None:
-    """DataError unless every process has at least one full training batch of `batch_size`."""
-    per_process = len(data.train_labels) // process_count
-    if per_process >= batch_size:
-        return
-    where = f" ({per_process} per process of {process_count})" if process_count > 1 else ""
-    raise DataError(
-        f"the folder {data.root} has {len(data.train_labels)} training images{where}, fewer than "
-        f"one batch of {batch_size}: set --config.batch_size to at most {max(per_process, 1)}, "
-        "or add images")
-
-
 def list_folder(root: str) -> tuple[str, dict[str, dict[str, list[str]]]]:
     """(evaluation split name, {split: {class: [file paths relative to root, sorted]}}),
     checked: both splits exist and have the same, non-empty class folders."""
