@@ -60,11 +60,7 @@ def join(*, coordinator_address: str | None = None, num_processes: int | None = 
     without them JAX detects a TPU pod, SLURM or Open MPI itself. `local_device_ids` may be the
     --local_device_ids flag's strings.
     """
-    try:
-        local_device_ids = [int(i) for i in local_device_ids or []] or None
-    except ValueError:
-        raise UserError(f"--local_device_ids={','.join(map(str, local_device_ids))} must be "
-                        "device numbers, e.g. 0,1") from None
+    local_device_ids = _device_numbers(local_device_ids)
     explicit = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
                 "--process_id": process_id}
     given = [k for k, v in explicit.items() if v is not None]
@@ -105,6 +101,14 @@ def join(*, coordinator_address: str | None = None, num_processes: int | None = 
             shutdown_timeout_seconds=max(60, heartbeat_timeout_seconds))
     except (RuntimeError, ValueError, TypeError) as e:  # the runtime itself aborts on timeouts
         raise UserError(f"{not_joined[len('error: '):]} ({' '.join(str(e).split())[:300]})") from None
+
+
+def _device_numbers(values) -> list[int] | None:
+    try:
+        return [int(i) for i in values or []] or None
+    except ValueError:
+        raise UserError(f"--local_device_ids={','.join(map(str, values))} must be device numbers, "
+                        "e.g. 0,1") from None
 
 
 def multiprocess() -> bool:

@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: one training run, in stages, each a function called in order.
 
-1. `check_config`: unknown choices and out-of-range numbers are refused, and every process must
-   have the same config, before any work starts.
+1. `check_config` (flaxcnn.config_check): unknown choices and out-of-range numbers are refused,
+   and every process must have the same config, before any work starts.
 2. `claim_workdir`: the workdir is made writable and locked (one run per workdir), and the resume
    decision is made (`checkpoint.decide_resume`): its refusals come before any data is read.
 3. `resolve_dataset`: the dataset, resolved once (process 0 first: it prepares a shared data_dir).
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import numbers
 import signal
 import sys
 import time
@@ -34,12 +32,11 @@ import numpy as np
 from flaxcnn import (augment, checkpoint, cluster, datasets, models, optimizers, pipelines,
                      pretrained, replicas, runtime, training)
 from flaxcnn.checkpoint import Checkpoints
+from flaxcnn.config_check import check_config
 from flaxcnn.errors import UserError, first_line
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 from flaxcnn.workdir_lock import WorkdirLock
 
-DTYPES = ("float32", "bfloat16")
-PIPELINES = ("auto", "device", "stream")
 DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 live on the accelerators
 
 
@@ -79,57 +76,6 @@ def train_and_evaluate(config, workdir) -> dict:
         signals = stack.enter_context(runtime.Signals())
         loop = EpochLoop(config, run, pipeline, checkpoints, outputs, signals, chrono, saved_step)
         return loop.train(state)
-
-
-# --------------------------------------------------------------------------- 1. check the config
-
-
-def check_config(config, device_count: int):
-    """Refuses unknown choices, impossible sizes and out-of-range numbers (NaN and infinity
-    included) with a one-line UserError, before any work starts."""
-    if config.model not in models.names():
-        raise UserError(f"unknown model {config.model!r}; use one of: {', '.join(models.names())}")
-    for field, allowed in (("optimizer", optimizers.OPTIMIZERS),
-                           ("lr_schedule", optimizers.LR_SCHEDULES), ("dtype", DTYPES),
-                           ("input_pipeline", PIPELINES), ("augment", augment.AUGMENTS),
-                           ("normalize", augment.CHOICES_OF_NORMALIZE)):
-        if config[field] not in allowed:
-            raise UserError(f"unknown {field} {config[field]!r}; use one of: {', '.join(allowed)}")
-    optimizers.check_finetune_options(init_from=config.init_from,
-                                      head_lr_multiplier=config.head_lr_multiplier,
-                                      freeze=config.freeze)
-    for field, integer, ok, what in NUMERIC_RANGES:
-        value = config[field]
-        if value is None and field == "reference_accuracy":
-            continue
-        number = (isinstance(value, numbers.Integral if integer else numbers.Real)
-                  and not isinstance(value, bool) and math.isfinite(value))
-        if not (number and ok(value)):
-            raise UserError(f"--config.{field} must be {what}, got {value!r}")
-    for field in ("batch_size", "eval_batch_size"):
-        if config[field] % device_count:
-            raise UserError(
-                f"--config.{field}={config[field]} is not divisible by the {device_count} devices; "
-                f"use a multiple of {device_count}")
-
-
-# (field, whole number?, the range, the rule in words): checked by check_config.
-NUMERIC_RANGES = (
-    ("batch_size", True, lambda v: v >= 1, "a whole number, at least 1"),
-    ("eval_batch_size", True, lambda v: v >= 0, "a whole number, 0 (= batch_size) or more"),
-    ("image_size", True, lambda v: v >= 1, "a whole number, at least 1"),
-    ("folder_store_size", True, lambda v: v >= 1, "a whole number of pixels, at least 1"),
-    ("num_epochs", True, lambda v: v >= 0, "a whole number, 0 or more"),
-    ("checkpoint_every_epochs", True, lambda v: v >= 1, "a whole number, at least 1"),
-    ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),
-    ("seed", True, lambda v: v >= 0, "a whole number, 0 or more"),
-    ("learning_rate", False, lambda v: v > 0, "a finite number above 0, e.g. 0.1"),
-    ("head_lr_multiplier", False, lambda v: v > 0, "a finite number above 0, e.g. 10"),
-    ("momentum", False, lambda v: 0 <= v < 1, "a finite number in [0, 1), e.g. 0.9"),
-    ("weight_decay", False, lambda v: v >= 0, "a finite number, 0 or more, e.g. 5e-4"),
-    ("warmup_epochs", False, lambda v: v >= 0, "a finite number of epochs, 0 or more"),
-    ("reference_accuracy", False, lambda v: 0 <= v <= 1, "an accuracy in [0, 1], or unset"),
-)
 
 
 # ---------------------------------------------------------------------------- 2. claim the workdir

@@ -7,7 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from flaxcnn import models, outputs, plots, trainer
+from flaxcnn import config_check, models, outputs, plots, trainer
 from flaxcnn.errors import UserError
 from tests.conftest import CHAPTER_CONFIGS, train_to_end
 from tests.data_helpers import write_idx_dir
@@ -144,9 +144,9 @@ def test_numbers_at_the_edges_of_their_ranges_are_accepted(make_config):
     config = make_config("batchnorm", learning_rate=1e-12, momentum=0.0, weight_decay=0.0,
                          warmup_epochs=0.0, num_epochs=0, eval_batch_size=0, seed=0,
                          reference_accuracy=1.0)
-    trainer.check_config(config, device_count=4)
+    config_check.check_config(config, device_count=4)
     config.reference_accuracy = None
-    trainer.check_config(config, device_count=4)
+    config_check.check_config(config, device_count=4)
 
 
 def test_unwritable_workdir_is_a_clear_error(make_config, tmp_path):
