@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flaxcnn import plots
-from flaxcnn.errors import UserError
+from flaxcnn.errors import UserError, error_line
 
 COMPARE_SIZE = (800, 500)           # compare.png's width, height in pixels
 REFERENCE_DATASET = "fashion_mnist"
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UserError(f"cannot write into {out}: {e.strerror}") from None
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 1
     print(text, end="")
     print(f"wrote {out / 'compare.png'} and {out / 'compare.md'}", file=sys.stderr)
