@@ -20,11 +20,17 @@ sys.path.insert(0, REPO)
 from flaxcnn import checkpoint, pipelines, plots  # noqa: E402
 
 
+def mark(name: str, edge: str):
+    """One marker line in one write: the picture thread's and the main thread's never mix."""
+    sys.stderr.flush()
+    os.write(2, f"flaxcnn-phase: {name} {edge}\n".encode())
+
+
 @contextlib.contextmanager
 def phase(name: str):
-    print(f"flaxcnn-phase: {name} begin", file=sys.stderr, flush=True)
+    mark(name, "begin")
     yield
-    print(f"flaxcnn-phase: {name} end", file=sys.stderr, flush=True)
+    mark(name, "end")
 
 
 def marked(name: str, function):
