@@ -2,8 +2,9 @@
 
 `_REGISTRY` is the one list of models: for each name, the module class and the fields that
 make it that model, which field (if any) takes the pmap axis of its BatchNorm statistics,
-and, for the networks d2l trains in the chapter, d2l's experiment setup (image size and
-model overrides), which the configs and the benchmark follow.
+and, for the networks d2l trains in the chapter, d2l's experiment setup (image size, model
+overrides and batch size, as the course's notebooks have them), which the configs and the
+benchmark follow (tests/test_bench.py checks the configs against it).
 """
 import dataclasses
 from typing import Any
@@ -27,16 +28,18 @@ class ModelSpec:
     """A registered model. `fields`: the module fields that make it that model (`create`'s
     overrides replace them). `batch_norm_axis_field`: the field that names the pmap axis to
     average BatchNorm statistics over, None for networks without BatchNorm.
-    `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
-    trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
-    torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
-    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out."""
+    `d2l_image_size`, `d2l_overrides`, `d2l_batch_size`: the image size, model overrides and
+    batch size with which d2l trains it on Fashion-MNIST (the course's notebooks; RegNetX-32,
+    which only the v1.0 edition has, v1.0's); for ResNeXt-50 and Inception-v3, which d2l does
+    not train, torchvision's input sizes (224, 299) and batch 128; None and {} for the other
+    variants (vgg13, resnet34, lenet_bn_scratch, ...), which the benchmark leaves out."""
 
     module: type[nn.Module]
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_norm_axis_field: str | None = None
     d2l_image_size: int | None = None
     d2l_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    d2l_batch_size: int = 128
 
     @property
     def has_batch_norm(self) -> bool:
@@ -55,17 +58,19 @@ _REGISTRY = {
     "nin": ModelSpec(NiN, d2l_image_size=224),
     "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
     "inception_v3": ModelSpec(InceptionV3, batch_norm_axis_field=_BN, d2l_image_size=299),
-    "lenet_bn": ModelSpec(LeNetBN, batch_norm_axis_field=_BN, d2l_image_size=28),
+    "lenet_bn": ModelSpec(LeNetBN, batch_norm_axis_field=_BN, d2l_image_size=28,
+                          d2l_batch_size=256),
     "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, batch_norm_axis_field=_BN),
     "resnet18": ModelSpec(ResNet, {"arch": ((2, 64), (2, 128), (2, 256), (2, 512))},
-                          batch_norm_axis_field=_BN, d2l_image_size=96),
+                          batch_norm_axis_field=_BN, d2l_image_size=96, d2l_batch_size=256),
     "resnet34": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512))}, batch_norm_axis_field=_BN),
     "resnet50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True},
                           batch_norm_axis_field=_BN),
     "resnext50": ModelSpec(ResNet, {"arch": ((3, 64), (4, 128), (6, 256), (3, 512)), "bottleneck": True,
                                     "cardinality": 32, "base_width": 4},
                            batch_norm_axis_field=_BN, d2l_image_size=224),
-    "densenet": ModelSpec(DenseNet, batch_norm_axis_field=_BN, d2l_image_size=96),
+    "densenet": ModelSpec(DenseNet, batch_norm_axis_field=_BN, d2l_image_size=96,
+                          d2l_batch_size=256),
     "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
                            batch_norm_axis_field=_BN, d2l_image_size=96),
 }
