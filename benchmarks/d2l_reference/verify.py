@@ -117,7 +117,9 @@ def row(label, entries):
 def main(repo):
     head = git(repo, "log", "-1", "--format=%H %cs").split()
     print(f"d2l's printed test accuracy after train_ch6, per build: github.com/d2l-ai/d2l-pytorch-colab,"
-          f" {FOLDER}/, history up to {head[0][:7]} ({head[1]}); made by benchmarks/d2l_reference/verify.py.\n")
+          f" {FOLDER}/, history up to {head[0][:7]} ({head[1]}); made by benchmarks/d2l_reference/verify.py."
+          " A build is a training output (printed line and examples/sec) that no earlier commit has;"
+          " each ran 10 epochs on the full Fashion-MNIST.\n")
     print("| run | lr, batch, resize (newest build) | epochs | builds | min | median | max | newest | dates (newest commit) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, index, label in RUNS:
