@@ -1,11 +1,12 @@
 """RegNetX-32 (d2l 8.8, "Designing Convolution Network Architectures") on Fashion-MNIST at 96x96,
-as d2l trains it.
+with the English v1.0 edition's settings: the course's notebooks have no RegNet section.
 
     python train.py --config configs/regnet.py
 
-Expected: no test accuracy is cited. d2l v1.0 (PyTorch edition) trains this network as
-RegNetX32(lr=0.05) with plain SGD, batch size 128, images resized to 96, for 10 epochs, and
-prints no accuracy, only the training curves; no number read off them is cited here.
+Settings: d2l v1.0's chapter_convolutional-modern/cnn-design.ipynb in
+github.com/d2l-ai/d2l-pytorch-colab (2023-08-18, commit f854371): RegNetX32(lr=0.05), plain SGD,
+batch size 128, images resized to 96, 10 epochs. That edition trains with d2l.Trainer and prints
+no accuracy, only the training curves, so no accuracy is cited here.
 """
 from configs import default
 

@@ -1,9 +1,11 @@
 """Train-step throughput of the chapter's models: the code train.py runs, timed on synthetic data.
 
-    python -m flaxcnn.bench [--models all] [--batch-size 128] [--dtype bfloat16] [--e2e]
+    python -m flaxcnn.bench [--models all] [--batch-size N] [--dtype bfloat16] [--e2e]
 
-For each model at d2l's image size: compile seconds, ms per step, images/s, TFLOP/s (XLA's cost
-analysis of one train step) and the fraction of the card's bf16 peak. With --e2e, also one full
+For each model at d2l's image size and batch size (the registry's, flaxcnn.models: 128, 256 for
+LeNet-BN, ResNet-18 and DenseNet, unless --batch-size sets one for all): compile seconds, ms
+per step, images/s, TFLOP/s (XLA's cost analysis of one train step) and the fraction of the
+card's bf16 peak. With --e2e, also one full
 epoch through the real input pipeline (uint8 dataset on the devices, permutation, gather, resize,
 train steps, then the whole test-set evaluation), timed after a warm-up epoch, so the
 end-to-end/step-only ratio shows what the pipeline costs. Writes a table and JSON.
@@ -90,7 +92,8 @@ def step_flops(state, cfg: training.StepConfig, channels: int) -> float:
 
 def d2l_setup(name: str) -> tuple[int, dict]:
     """(image size, model overrides) of d2l's experiment with `name` (the registry's; 224 and no
-    overrides for the variants d2l does not train)."""
+    overrides for the variants d2l does not train); its batch size is
+    models.spec(name).d2l_batch_size."""
     spec = models.spec(name)
     return spec.d2l_image_size or 224, spec.d2l_overrides
 
@@ -191,7 +194,8 @@ def main(argv=None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="all",
                         help=f"comma-separated names, or all ({', '.join(models.chapter_models())})")
-    parser.add_argument("--batch-size", type=int, default=128, help="global batch (d2l: 128)")
+    parser.add_argument("--batch-size", type=int,
+                        help="global batch for every model (default: each model's d2l batch size)")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--e2e", action="store_true", help="also time a full epoch end to end")
     parser.add_argument("--steps", type=int, default=50, help="timed steps per model")
@@ -220,7 +224,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     for name in names:
         report["results"].append(bench_model(
-            name, batch_size=args.batch_size, dtype=args.dtype, steps=args.steps, e2e=args.e2e,
+            name, batch_size=args.batch_size or models.spec(name).d2l_batch_size,
+            dtype=args.dtype, steps=args.steps, e2e=args.e2e,
             image_size=args.image_size, train_examples=args.train_examples,
             device_loop=device_loop))
         print(f"{name}: {report['results'][-1]['images_per_sec']:,.0f} images/s",

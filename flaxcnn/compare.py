@@ -4,8 +4,10 @@
 
 writes DIR/compare.png and DIR/compare.md (default DIR: runs/) and prints the table.
 images/s is the mean over the epochs after the first, whose time includes compilation (the first
-epoch's value when there is only one). d2l's published accuracy is shown for runs on the full
-fashion_mnist only: it was measured there.
+epoch's value when there is only one). d2l's printed test accuracy (the band of the config's
+reference_accuracy: lowest to highest build, and the median) is shown for runs on the full
+fashion_mnist only: it was measured there. Runs written before the band, whose config.json holds a
+single number there, show none: that number had no source.
 """
 import argparse
 import json
@@ -13,11 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from flaxcnn import plots
+from flaxcnn import plots, reference
 from flaxcnn.errors import UserError, error_line
 
 COMPARE_SIZE = (800, 500)           # compare.png's width, height in pixels
-REFERENCE_DATASET = "fashion_mnist"
 METRICS_KEYS = ("epoch", "test_accuracy", "examples_per_sec", "epoch_seconds")
 COLUMNS = ("run", "model", "epochs", "parameters", "FLOPs/image", "final test acc", "best test acc",
            "images/s", "total time", "d2l test acc")
@@ -65,10 +66,15 @@ class RunFolder:
         return sum(r["epoch_seconds"] for r in self.records)
 
     @property
-    def reference_accuracy(self) -> float | None:
-        if self.config.get("dataset") != REFERENCE_DATASET:
-            return None
-        return self.config.get("reference_accuracy")
+    def reference_accuracy(self) -> reference.Band | None:
+        if not isinstance(self.config.get("reference_accuracy"), (list, tuple)):
+            return None  # unset, or a single number from before the band
+        try:
+            return reference.for_run(self.config)
+        except UserError:
+            raise UserError(f"{self.path / 'config.json'}: its reference_accuracy "
+                            f"{self.config['reference_accuracy']!r} is not d2l's (min, median, max) "
+                            "test accuracy; fix or remove it") from None
 
 
 def read_json(path: Path) -> dict:
@@ -148,14 +154,14 @@ def format_duration(seconds: float) -> str:
 
 
 def row(run: RunFolder) -> list[str]:
-    reference = run.reference_accuracy
+    band = run.reference_accuracy
     num_epochs = run.config.get("num_epochs")
     return [run.name, run.model,
             f"{run.records[-1]['epoch']}/{num_epochs if num_epochs is not None else '?'}",
             format_count(run.params), format_flops(run.flops_per_image),
             f"{run.final_accuracy:.4f}", f"{run.best_accuracy:.4f}",
             f"{run.images_per_sec:,.0f}", format_duration(run.total_seconds),
-            "—" if reference is None else f"{reference:.4f}"]
+            "—" if band is None else band.describe()]
 
 
 def table(runs: list[RunFolder]) -> str:

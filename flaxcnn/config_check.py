@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 
-from flaxcnn import augment, models, optimizers
+from flaxcnn import augment, models, optimizers, reference
 from flaxcnn.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
@@ -32,12 +32,11 @@ def check_config(config, device_count: int):
                                       freeze=config.freeze)
     for field, integer, ok, what in NUMERIC_RANGES:
         value = config[field]
-        if value is None and field == "reference_accuracy":
-            continue
         number = (isinstance(value, numbers.Integral if integer else numbers.Real)
                   and not isinstance(value, bool) and math.isfinite(value))
         if not (number and ok(value)):
             raise UserError(f"--config.{field} must be {what}, got {value!r}")
+    reference.check(config)
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % device_count:
             raise UserError(
@@ -60,5 +59,4 @@ NUMERIC_RANGES = (
     ("momentum", False, lambda v: 0 <= v < 1, "a finite number in [0, 1), e.g. 0.9"),
     ("weight_decay", False, lambda v: v >= 0, "a finite number, 0 or more, e.g. 5e-4"),
     ("warmup_epochs", False, lambda v: v >= 0, "a finite number of epochs, 0 or more"),
-    ("reference_accuracy", False, lambda v: 0 <= v <= 1, "an accuracy in [0, 1], or unset"),
 )

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from flaxcnn import augment, plots, summary
+from flaxcnn import augment, plots, reference, summary
 from flaxcnn.errors import UserError, first_line, warn
 
 TENSORBOARD_SCALARS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "learning_rate",
@@ -140,12 +140,18 @@ class Outputs:
     def _draw_curves(self):
         """curves.png from the newest records (in the picture thread)."""
         records = self.curves_records
-        reference = (self.config.reference_accuracy
-                     if self.config.dataset == "fashion_mnist" else None)
+        band = reference.for_run(self.config)
         with best_effort("draw", self.workdir / "curves.png"):
-            plots.curves(records, self.workdir / "curves.png", reference_accuracy=reference,
+            plots.curves(records, self.workdir / "curves.png", reference=band,
                          title=f"{self.config.model} on {self.config.dataset}")
         self.drawn_records = records
+
+    def print_verdict(self, record: dict):
+        """One line on where the final test accuracy landed relative to d2l's printed band (runs on
+        the full fashion_mnist with a reference_accuracy only)."""
+        line = reference.verdict(record["test_accuracy"], reference.for_run(self.config))
+        if self.is_writer and line is not None:
+            print(line, flush=True)
 
     def finish(self, images, labels, predictions):
         """predictions.png and confusion.png from the final model's test predictions."""

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from flaxcnn.reference import Band
+
 DPI = 100
 CURVES_SIZE = (640, 440)        # PNG width, height in pixels
 PREDICTIONS_SIZE = (1200, 780)
@@ -36,6 +38,22 @@ class Line(NamedTuple):
     linestyle: str
     x: np.ndarray
     y: np.ndarray
+
+
+class Span(NamedTuple):
+    """One horizontal band as it was drawn in the axes (from `low` to `high` in data units)."""
+    label: str
+    low: float
+    high: float
+
+
+def horizontal_spans(axes) -> list[Span]:
+    """The labelled axhspan bands of `axes`, read back from their patches' vertices."""
+    spans = []
+    for patch in axes.patches:
+        y = patch.get_patch_transform().transform(patch.get_path().vertices)[:, 1]
+        spans.append(Span(patch.get_label(), float(y.min()), float(y.max())))
+    return spans
 
 
 def new_figure(size_pixels: tuple[int, int]):
@@ -74,11 +92,12 @@ def epoch_axis(axes, epochs) -> None:
     axes.set_xlabel("epoch")
 
 
-def curves(records: list[dict], path, *, reference_accuracy: float | None = None,
-           title: str = "") -> list[Line]:
-    """d2l's training plot: train loss, train accuracy and test accuracy against the epoch, with
-    d2l's published test accuracy as a dashed line when given. `records` are metrics.jsonl's rows.
-    Writes a PNG of CURVES_SIZE and returns the lines drawn."""
+def curves(records: list[dict], path, *, reference: Band | None = None,
+           title: str = "") -> list[Line | Span]:
+    """d2l's training plot: train loss, train accuracy and test accuracy against the epoch; with
+    `reference`, d2l's printed test accuracies as a shaded band (lowest to highest build) and a
+    dashed line at their median. `records` are metrics.jsonl's rows. Writes a PNG of CURVES_SIZE
+    and returns the lines drawn, then the band."""
     if not records:
         raise ValueError("curves needs at least one epoch's record")
     epochs = [r["epoch"] for r in records]
@@ -90,9 +109,11 @@ def curves(records: list[dict], path, *, reference_accuracy: float | None = None
                               ("test_accuracy", "test acc", "-.")):
         axes.plot(epochs, [r[key] for r in records], linestyle=style, marker=marker, markersize=3,
                   label=label)
-    if reference_accuracy is not None:
-        axes.axhline(reference_accuracy, color="grey", linestyle="--", linewidth=1,
-                     label=f"d2l test acc {reference_accuracy:.3f}")
+    if reference is not None:
+        axes.axhspan(reference.low, reference.high, color="grey", alpha=0.2,
+                     label=f"d2l test acc {reference.low:.3f}–{reference.high:.3f}")
+        axes.axhline(reference.median, color="grey", linestyle="--", linewidth=1,
+                     label=f"d2l median {reference.median:.3f}")
     epoch_axis(axes, epochs)
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
@@ -100,8 +121,9 @@ def curves(records: list[dict], path, *, reference_accuracy: float | None = None
     if title:
         axes.set_title(title)
     save_png(figure, path)
-    return [Line(line.get_label(), line.get_linestyle(), np.asarray(line.get_xdata(), float),
-                 np.asarray(line.get_ydata(), float)) for line in axes.get_lines()]
+    lines = [Line(line.get_label(), line.get_linestyle(), np.asarray(line.get_xdata(), float),
+                  np.asarray(line.get_ydata(), float)) for line in axes.get_lines()]
+    return lines + horizontal_spans(axes)
 
 
 def prediction_title(label: int, pred: int, class_names) -> str:

@@ -274,6 +274,7 @@ class EpochLoop:
             images, labels = self.pipeline.preview(self.outputs.preview_count)
             self.outputs.finish(images, labels, predictions)
             self.outputs.wait_for_pictures()
+        self.outputs.print_verdict(record)
         self.outputs.record_timing(self.chrono.report())
         return record
 

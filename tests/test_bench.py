@@ -46,6 +46,28 @@ def test_bench_keeps_each_models_result_when_a_later_one_fails(tmp_path, monkeyp
     assert not (tmp_path / "bench.json.tmp").exists()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], {"lenet_bn": 256, "alexnet": 128, "resnet18": 256}),  # the course's, from the registry
+    (["--batch-size", "64"], {"lenet_bn": 64, "alexnet": 64, "resnet18": 64}),
+])
+def test_bench_batch_is_each_models_d2l_batch_unless_given(tmp_path, monkeypatch, argv, expected):
+    batches = {}
+
+    class Measured(Exception):
+        pass
+
+    def record_batch(name, *, batch_size, **kwargs):
+        batches[name] = batch_size
+        if len(batches) == len(expected):
+            raise Measured  # stops main before its table, which needs real results
+        return {"model": name, "images_per_sec": 1.0}
+
+    monkeypatch.setattr(bench, "bench_model", record_batch)
+    with pytest.raises(Measured):
+        bench.main(["--models", ",".join(expected), f"--json={tmp_path / 'bench.json'}", *argv])
+    assert batches == expected
+
+
 def test_bench_refuses_unknown_models(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--models", "lenet7"])
@@ -58,7 +80,7 @@ def test_bench_uses_the_configs_settings(name):
     assert config.model in models.chapter_models()  # so `--models all` benches it
     size, overrides = bench.d2l_setup(config.model)
     assert (size, overrides) == (config.image_size, config.model_overrides.to_dict())
-    assert config.batch_size == 128
+    assert config.batch_size == models.spec(config.model).d2l_batch_size
 
 
 def test_bench_and_models_import_without_tensorflow():

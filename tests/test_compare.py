@@ -11,7 +11,7 @@ from flaxcnn import compare
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_run(folder: Path, *, model="lenet_bn", dataset="fashion_mnist", reference=0.885,
+def write_run(folder: Path, *, model="lenet_bn", dataset="fashion_mnist", reference=(0.518, 0.853, 0.892),
               accuracies=(0.80, 0.86, 0.85), images_per_sec=(1000.0, 4000.0, 5000.0),
               epoch_seconds=(100.0, 50.0, 35.5), params=61_706, flops=429_000.0, run_info=True):
     folder.mkdir(parents=True)
@@ -47,7 +47,7 @@ def test_load_run_numbers(tmp_path):
     assert run.images_per_sec == 4500.0  # the first epoch (compilation) left out
     assert run.total_seconds == 185.5
     assert run.params == 61_706
-    assert run.reference_accuracy == 0.885
+    assert run.reference_accuracy == (0.518, 0.853, 0.892)
 
 
 def test_one_epoch_run_uses_its_speed(tmp_path):
@@ -59,8 +59,8 @@ def test_one_epoch_run_uses_its_speed(tmp_path):
 
 def test_table_one_row_per_run(tmp_path):
     runs = [compare.load_run(write_run(tmp_path / "lenet")),
-            compare.load_run(write_run(tmp_path / "resnet", model="resnet18", reference=0.907,
-                                       accuracies=(0.88, 0.907), images_per_sec=(900.0, 12345.4),
+            compare.load_run(write_run(tmp_path / "resnet", model="resnet18", reference=(0.669, 0.91, 0.924),
+                                       accuracies=(0.88, 0.905), images_per_sec=(900.0, 12345.4),
                                        epoch_seconds=(3600.0, 125.2), params=11_178_378,
                                        flops=1.74e9)),
             compare.load_run(write_run(tmp_path / "sample", dataset="fashion_mnist_sample",
@@ -72,16 +72,31 @@ def test_table_one_row_per_run(tmp_path):
     assert lenet == {"run": "lenet", "model": "lenet_bn", "epochs": "3/10", "parameters": "61.71 K",
                      "FLOPs/image": "429.00 KFLOPs", "final test acc": "0.8500",
                      "best test acc": "0.8600", "images/s": "4,500", "total time": "3m 06s",
-                     "d2l test acc": "0.8850"}
+                     "d2l test acc": "0.518–0.892 (median 0.853)"}
     assert resnet["parameters"] == "11.18 M"
     assert resnet["FLOPs/image"] == "1.74 GFLOPs"
-    assert resnet["final test acc"] == resnet["best test acc"] == "0.9070"
+    assert resnet["final test acc"] == resnet["best test acc"] == "0.9050"
     assert resnet["images/s"] == "12,345"
     assert resnet["total time"] == "1h 02m 05s"
-    assert resnet["d2l test acc"] == "0.9070"
-    # No run_info.json: "?" for its numbers. d2l's figure is for the full fashion_mnist only.
+    assert resnet["d2l test acc"] == "0.669–0.924 (median 0.910)"
+    # No run_info.json: "?" for its numbers. d2l's band is for the full fashion_mnist only.
     assert sample["parameters"] == sample["FLOPs/image"] == "?"
     assert sample["d2l test acc"] == "—"
+
+
+def test_reference_unset_or_a_single_number_from_before_the_band_shows_none(tmp_path):
+    for name, value in (("unset", None), ("old", 0.5)):
+        run = compare.load_run(write_run(tmp_path / name, reference=value))
+        assert run.reference_accuracy is None
+        assert cells(compare.table([run]))[0]["d2l test acc"] == "—"
+
+
+def test_bad_band_names_the_run_file(tmp_path, capsys):
+    bad = write_run(tmp_path / "bad", reference=[0.9, 0.5, 0.6])
+    assert compare.main([str(bad), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad / 'config.json'}: its reference_accuracy [0.9, 0.5, 0.6] is not")
+    assert err.count("\n") == 1
 
 
 def test_main_writes_plot_and_table(tmp_path, capsys):

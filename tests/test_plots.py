@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from flaxcnn import plots
+from flaxcnn.reference import Band
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -22,10 +23,12 @@ def assert_png(path, size):
 
 
 @pytest.mark.parametrize("num_epochs", [1, 5])
-@pytest.mark.parametrize("reference", [None, 0.885])
+@pytest.mark.parametrize("reference", [None, Band(0.518, 0.853, 0.892)])
 def test_curves(tmp_path, num_epochs, reference):
     records = epoch_records(num_epochs)
-    lines = plots.curves(records, tmp_path / "curves.png", reference_accuracy=reference, title="t")
+    drawn_all = plots.curves(records, tmp_path / "curves.png", reference=reference, title="t")
+    lines = [item for item in drawn_all if isinstance(item, plots.Line)]
+    spans = [item for item in drawn_all if isinstance(item, plots.Span)]
 
     assert_png(tmp_path / "curves.png", plots.CURVES_SIZE)
     drawn = {line.label: line for line in lines}
@@ -36,12 +39,15 @@ def test_curves(tmp_path, num_epochs, reference):
         np.testing.assert_allclose(drawn[label].y, [r[key] for r in records])
     references = [line for line in lines if line.label.startswith("d2l")]
     if reference is None:
-        assert references == []
+        assert references == [] and spans == []
     else:
-        [line] = references
-        assert line.label == "d2l test acc 0.885"
-        assert line.linestyle == "--"
-        np.testing.assert_allclose(line.y, reference)
+        [median] = references
+        assert median.label == "d2l median 0.853"
+        assert median.linestyle == "--"
+        np.testing.assert_allclose(median.y, 0.853)
+        [band] = spans
+        assert band.label == "d2l test acc 0.518–0.892"
+        assert band.low == pytest.approx(0.518) and band.high == pytest.approx(0.892)
     assert list(tmp_path.iterdir()) == [tmp_path / "curves.png"]  # no temporary file left behind
 
 

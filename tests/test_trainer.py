@@ -129,7 +129,8 @@ def test_bad_config_is_a_clear_error(overrides, message, make_config, tmp_path):
     ("checkpoint_every_epochs", 0, "checkpoint_every_epochs must be a whole number, at least 1"),
     ("max_checkpoints", 0, "max_checkpoints must be a whole number, at least 1"),
     ("seed", -3, "seed must be a whole number, 0 or more"),
-    ("reference_accuracy", 1.5, r"reference_accuracy must be an accuracy in \[0, 1\]"),
+    ("reference_accuracy", (0.9, 0.8, 0.95), r"reference_accuracy must be d2l's \(min, median, max\)"),
+    ("reference_accuracy", (0.8, 0.9, 1.5), r"reference_accuracy must be d2l's \(min, median, max\)"),
 ])
 def test_out_of_range_numbers_are_refused_before_any_work(field, value, message, make_config,
                                                           tmp_path):
@@ -143,7 +144,7 @@ def test_out_of_range_numbers_are_refused_before_any_work(field, value, message,
 def test_numbers_at_the_edges_of_their_ranges_are_accepted(make_config):
     config = make_config("batchnorm", learning_rate=1e-12, momentum=0.0, weight_decay=0.0,
                          warmup_epochs=0.0, num_epochs=0, eval_batch_size=0, seed=0,
-                         reference_accuracy=1.0)
+                         reference_accuracy=(1.0, 1.0, 1.0))
     config_check.check_config(config, device_count=4)
     config.reference_accuracy = None
     config_check.check_config(config, device_count=4)

@@ -51,6 +51,13 @@ COMMON = ["--config.model=tv_resnet18", "--config.image_size=32", "--config.fold
 PRETRAIN = {"epochs": 6, "learning_rate": 0.05, "seed": 0}
 TASK = {"epochs": 4, "learning_rate": 0.02}
 
+# name: (table row, config, extra flags); finetune_head_x1 is a diagnostic, not d2l 14.2's setting
+ARMS = {"finetune": ("fine-tuned from the converted checkpoint (head lr x10)", "configs/finetune.py",
+                     ["--config.init_from={checkpoint}"]),
+        "scratch": ("from scratch", "configs/finetune.py:scratch", []),
+        "finetune_head_x1": ("fine-tuned, head lr x1 (diagnostic)", "configs/finetune.py",
+                             ["--config.init_from={checkpoint}", "--config.head_lr_multiplier=1"])}
+
 
 def write_folder(root: Path, labels) -> Path:
     """root/train/<class>/<i>.png and root/test/<class>/<i>.png: every sample image of `labels`,
@@ -137,11 +144,15 @@ def table(results: dict, seeds: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the two arms")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of every arm")
+    parser.add_argument("--arms", default="finetune,scratch",
+                        help=f"comma-separated arms, of {', '.join(ARMS)}")
     parser.add_argument("--workroot", default="", help="where folders and runs go (default: a new temp folder)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.workroot or tempfile.mkdtemp(prefix="finetune_sample-"))
+    if (root / "pretrain").exists():
+        sys.exit(f"{root} holds runs already (train.py would resume them); pass a new --workroot")
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     source = write_folder(root / "classes_0-4", PRETRAIN_CLASSES)
@@ -155,13 +166,12 @@ def main() -> None:
     count = check_round_trip(checkpoint, convert(root / "pretrain", checkpoint))
     print(f"{checkpoint}: {count} variables; pretrained.load gives them back exactly", flush=True)
 
-    arms = {"fine-tuned from the converted checkpoint": ("configs/finetune.py",
-                                                         [f"--config.init_from={checkpoint}"]),
-            "from scratch": ("configs/finetune.py:scratch", [])}
-    results = {arm: [] for arm in arms}
+    arms = {key: ARMS[key] for key in args.arms.split(",")}
+    results = {ARMS[key][0]: [] for key in arms}
     for seed in seeds:
-        for arm, (config, extra) in arms.items():
-            name = f"{'finetune' if extra else 'scratch'}-seed{seed}"
+        for key, (arm, config, extra) in arms.items():
+            extra = [flag.format(checkpoint=checkpoint) for flag in extra]
+            name = f"{key}-seed{seed}"
             record = train(root / name, config, task, TASK["epochs"], TASK["learning_rate"], seed, extra)
             results[arm].append(record)
             print(f"{name}: test accuracy {record['test_accuracy']:.4f} ({record['wall_s']:.0f} s)", flush=True)

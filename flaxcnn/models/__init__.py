@@ -6,7 +6,8 @@ named by the module's `bn_axis_name` field),
 whose layout it has (d2l's, or torchvision's, whose published ImageNet weights then load into
 it: flaxcnn.pretrained), which of its layers is the final classifier (fine-tuning replaces
 it and may train it faster), and, for the networks d2l trains in the chapter, d2l's
-experiment setup (image size and model overrides), which the configs and the benchmark follow.
+experiment setup (image size, model overrides and batch size, as the course's notebooks have
+them), which the configs and the benchmark follow (tests/test_bench.py checks the configs).
 
 d2l's and torchvision's ResNet-18/34 differ (d2l's convolutions have biases, its 1x1
 shortcut no BatchNorm): `resnet18`, `resnet34` are d2l's, `tv_resnet18`, `tv_resnet34`
@@ -39,10 +40,11 @@ class ModelSpec:
     """A registered model. `fields`: the module fields that make it that model (`create`'s
     overrides replace them). `has_batch_norm`: whether it has BatchNorm, whose statistics average
     over the pmap axis named by its field `BATCH_NORM_AXIS_FIELD`.
-    `d2l_image_size`, `d2l_overrides`: the image size and model overrides with which d2l
-    trains it on Fashion-MNIST; for ResNeXt-50 and Inception-v3, which d2l does not train,
-    torchvision's input sizes (224, 299); None and {} for the other variants (vgg13,
-    resnet34, lenet_bn_scratch, ...), which the benchmark leaves out.
+    `d2l_image_size`, `d2l_overrides`, `d2l_batch_size`: the image size, model overrides and
+    batch size with which d2l trains it on Fashion-MNIST (the course's notebooks; RegNetX-32,
+    which only the v1.0 edition has, v1.0's); for ResNeXt-50 and Inception-v3, which d2l does
+    not train, torchvision's input sizes (224, 299) and batch 128; None and {} for the other
+    variants (vgg13, resnet34, lenet_bn_scratch, ...), which the benchmark leaves out.
     `layout`: "d2l", or "torchvision" for the networks that are torchvision's layer for
     layer (see the module docstring). `head`: the params paths ("/"-separated) of the final
     classifier, the layers whose outputs are the classes."""
@@ -54,6 +56,7 @@ class ModelSpec:
     head: tuple[str, ...] = ("Dense_0",)
     d2l_image_size: int | None = None
     d2l_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    d2l_batch_size: int = 128
 
 
 BATCH_NORM_AXIS_FIELD = "bn_axis_name"  # a BatchNorm network's field naming its statistics' pmap axis
@@ -74,10 +77,12 @@ _REGISTRY = {
     "googlenet": ModelSpec(GoogLeNet, d2l_image_size=96),
     "inception_v3": ModelSpec(InceptionV3, has_batch_norm=True, layout=_TV, head=("fc", "AuxLogits/fc"),
                               d2l_image_size=299),
-    "lenet_bn": ModelSpec(LeNetBN, has_batch_norm=True, d2l_image_size=28, head=("Dense_2",)),
+    "lenet_bn": ModelSpec(LeNetBN, has_batch_norm=True, d2l_image_size=28, d2l_batch_size=256,
+                          head=("Dense_2",)),
     "lenet_bn_scratch": ModelSpec(LeNetBN, {"batch_norm_from_scratch": True}, has_batch_norm=True,
                                   head=("Dense_2",)),
-    "resnet18": ModelSpec(ResNet, {"arch": _RESNET18_ARCH}, has_batch_norm=True, d2l_image_size=96),
+    "resnet18": ModelSpec(ResNet, {"arch": _RESNET18_ARCH}, has_batch_norm=True, d2l_image_size=96,
+                          d2l_batch_size=256),
     "resnet34": ModelSpec(ResNet, {"arch": _RESNET34_ARCH}, has_batch_norm=True),
     "tv_resnet18": ModelSpec(ResNet, {"arch": _RESNET18_ARCH, "block": "basic"}, has_batch_norm=True,
                              layout=_TV),
@@ -88,7 +93,7 @@ _REGISTRY = {
     "resnext50": ModelSpec(ResNet, {"arch": _RESNET34_ARCH, "block": "bottleneck",
                                     "cardinality": 32, "base_width": 4},
                            has_batch_norm=True, layout=_TV, d2l_image_size=224),
-    "densenet": ModelSpec(DenseNet, has_batch_norm=True, d2l_image_size=96),
+    "densenet": ModelSpec(DenseNet, has_batch_norm=True, d2l_image_size=96, d2l_batch_size=256),
     "regnetx32": ModelSpec(AnyNet, {"arch": REGNETX32_ARCH, "stem_channels": 32},
                            has_batch_norm=True, d2l_image_size=96),
 }
