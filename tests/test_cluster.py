@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.multihost, pytest.mark.xdist_group("cluster")]
 BATCH = 16  # global batch: 4 per device either way; 62 steps per epoch on the 1,003 examples
 STEPS = 1003 // BATCH
 TOLERANCE = 1e-5  # float32 round-off: the sums over devices are added in another order
-SETTINGS = {"batch_size": BATCH, "num_epochs": 2, "plots": False, "tensorboard": False}
+SETTINGS = {"batch_size": BATCH, "learning_rate": 0.1, "num_epochs": 2, "plots": False,
+            "tensorboard": False}
 
 
 def launch(workdir, tfds_dir, processes: int, *extra, per_process=None, heartbeat=5):
