@@ -6,6 +6,7 @@ main in this process (conftest.train_here), shrunk to one or two epochs on the b
 at each model's smallest image size, the benchmark to two steps, `pip install` to a dry run and
 `tensorboard` to its start. The README's test command is what CI runs; it is checked, not re-run.
 """
+import importlib
 import os
 import re
 import shlex
@@ -31,10 +32,12 @@ def readme_blocks() -> list[list[str]]:
 
 
 def config_model(command: str) -> str:
-    config = re.search(r"--config (configs/\w+\.py)", command).group(1)
-    text = (Path(REPO) / config).read_text()
+    name, variant = re.search(r"--config configs/(\w+)\.py(?::(\w+))?", command).groups()
     override = re.search(r"--config\.model=(\w+)", command)
-    return override.group(1) if override else re.search(r'config\.model = "(\w+)"', text).group(1)
+    if override:
+        return override.group(1)
+    config = importlib.import_module(f"configs.{name}")
+    return (config.get_config(variant) if variant else config.get_config()).model
 
 
 def tiny(command: str, tfds_dir: str, scratch: Path) -> list[str]:
