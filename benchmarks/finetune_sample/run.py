@@ -1,6 +1,6 @@
 """Fine-tuning a converted checkpoint vs training from scratch, offline, on the bundled sample.
 
-    /work/venv/bin/python benchmarks/finetune_sample/run.py [--seeds 0,1,2] [--workroot DIR]
+    /work/venv/bin/python benchmarks/finetune_sample/run.py [--seeds 0,1,2] [--arms finetune,scratch] [--workroot DIR]
 
 ImageNet weights cannot be downloaded everywhere, so this makes its own "pretrained" checkpoint,
 the way a user would convert one, and measures d2l 14.2's comparison with it:
@@ -13,7 +13,8 @@ the way a user would convert one, and measures d2l 14.2's comparison with it:
 3. train on a second folder, the sample's classes 5-9, once starting from that file
    (configs/finetune.py: init_from, head learning rate x10) and once from scratch
    (configs/finetune.py:scratch), with the same learning rate, epochs, batch and augmentation, for
-   each seed; then print a markdown table of final test accuracies.
+   each seed; then print a markdown table of final test accuracies. The arm finetune_head_x1
+   (--arms) is a diagnostic: the fine-tune with the head at the backbone's learning rate.
 
 Every training is a `train.py` process, as a user would run it. Nothing is written into the
 repository: folders, runs and the checkpoint go to --workroot (a fresh temporary folder by default).
