@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import (REPO, checkpoint_steps, config_of, copy_run, finish, free_port,
                             launch_train, max_abs_difference, train_to_end)
 
-pytestmark = [pytest.mark.multihost, pytest.mark.xdist_group("cluster")]
+pytestmark = pytest.mark.multihost
 
 BATCH = 16  # global batch: 4 per device either way; 62 steps per epoch on the 1,003 examples
 STEPS = 1003 // BATCH
