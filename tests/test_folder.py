@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from flaxcnn.datasets import DataError
-from flaxcnn.datasets import folder
+from flaxcnn.datasets import catalog, folder
 from image_folders import CLASSES, make_folder, sample_images, write_image
 
 STORE = 28
@@ -189,10 +189,10 @@ def test_skip_bad_skips_counts_and_warns(tmp_path, sample, capsys):
 
 
 def test_folder_names_parse_and_an_empty_path_is_refused():
-    assert folder.folder_path("fashion_mnist") is None
-    assert folder.folder_path("folder:~/photos") == os.path.expanduser("~/photos")
-    assert folder.folder_path("folder:rel") == os.path.abspath("rel")
+    assert catalog.folder_path("fashion_mnist") is None
+    assert catalog.folder_path("folder:~/photos") == os.path.expanduser("~/photos")
+    assert catalog.folder_path("folder:rel") == os.path.abspath("rel")
     with pytest.raises(DataError, match="no folder given"):
-        folder.folder_path("folder: ")
+        catalog.folder_path("folder: ")
     with pytest.raises(DataError, match="does not exist"):
         folder.load_folder("/nonexistent/pictures", data_dir="/tmp")

@@ -55,6 +55,9 @@ for name, kwargs in [("fashion_mnist_sample", {}), ("mnist", {"idx_dir": args["i
 out["array_routes_loaded"] = loaded("tensorflow_datasets") + NoTensorFlow.tries
 if not args["hide"]:
     import flaxcnn.trainer
+    # what a machine with only jax, flax, optax and orbax lacks (BENCHMARKS.md): not imported
+    out["extras"] = sum((loaded(m) for m in ("PIL", "matplotlib", "safetensors", "huggingface_hub",
+                                             "clu", "torch")), [])
     from flaxcnn.events import ScalarWriter
     writer = ScalarWriter(args["workdir"])
     writer.add_scalars(1, {"train_loss": 0.5})
@@ -123,6 +126,7 @@ def test_with_tensorflow_installed_the_array_routes_trainer_and_scalars_import_n
     out = run_script(inputs, tmp_path, hide=False)
     assert out["shapes"] == ARRAY_SHAPES
     assert out["array_routes_loaded"] == [] and out["loaded"] == []
+    assert out["extras"] == []  # Pillow, matplotlib, safetensors, the Hub: only where used
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1
 
 

@@ -36,3 +36,17 @@ def default_data_dir() -> str:
 def tensorflow_installed() -> bool:
     """Whether `import tensorflow` would find it, without importing it."""
     return importlib.util.find_spec("tensorflow") is not None
+
+
+FOLDER_PREFIX = "folder:"  # --config.dataset=folder:PATH, an image folder (flaxcnn.datasets.folder)
+
+
+def folder_path(dataset_name: str) -> str | None:
+    """PATH of a dataset name ``folder:PATH`` (user and relative paths expanded), else None."""
+    if not isinstance(dataset_name, str) or not dataset_name.startswith(FOLDER_PREFIX):
+        return None
+    path = dataset_name[len(FOLDER_PREFIX):].strip()
+    if not path:
+        raise DataError(f"no folder given in --config.dataset={dataset_name!r}; use "
+                        "--config.dataset=folder:PATH with PATH/train/<class>/<images>")
+    return os.path.abspath(os.path.expanduser(path))

@@ -50,7 +50,6 @@ from PIL import Image, ImageOps
 from flaxcnn.datasets.catalog import DataError, default_data_dir
 from flaxcnn.errors import first_line, warn
 
-PREFIX = "folder:"
 EVAL_SPLITS = ("test", "valid")  # the first one present is the evaluation split
 CACHE_SUBDIR = "flaxcnn_folder"
 CACHE_VERSION = 1  # bump when what is stored for the same files changes
@@ -82,17 +81,6 @@ class FolderData:
     @property
     def channels(self) -> int:
         return self.image_shape[-1]
-
-
-def folder_path(dataset_name: str) -> str | None:
-    """PATH of a dataset name ``folder:PATH`` (user and relative paths expanded), else None."""
-    if not isinstance(dataset_name, str) or not dataset_name.startswith(PREFIX):
-        return None
-    path = dataset_name[len(PREFIX):].strip()
-    if not path:
-        raise DataError(f"no folder given in --config.dataset={dataset_name!r}; use "
-                        "--config.dataset=folder:PATH with PATH/train/<class>/<images>")
-    return os.path.abspath(os.path.expanduser(path))
 
 
 def load_folder(path: str, *, data_dir: str | None = None, store_size: int = 256,

@@ -27,10 +27,10 @@ import time
 import urllib.parse
 import urllib.request
 
-from flaxcnn.datasets import download, folder
+from flaxcnn.datasets import download
 from flaxcnn.datasets import idx as idx_lib
 from flaxcnn.datasets.catalog import (IDX_DATASETS, SAMPLE_DIR, SAMPLE_NAME, DataError,
-                                      default_data_dir)
+                                      default_data_dir, folder_path)
 from flaxcnn.datasets.dataset import ArrayDataset
 
 IDX_SUBDIR = "flaxcnn_idx"
@@ -58,8 +58,10 @@ def resolve(name, *, data_dir=None, idx_dir=None, process_index: int = 0,
     name = name.strip()
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
     shard = {"process_index": process_index, "process_count": process_count}
-    images_folder = folder.folder_path(name)
+    images_folder = folder_path(name)
     if images_folder:
+        from flaxcnn.datasets import folder  # Pillow, needed for image folders only
+
         data = folder.load_folder(images_folder, data_dir=data_dir, store_size=folder_store_size,
                                   skip_bad=folder_skip_bad, progress=progress)
         return ArrayDataset.from_arrays(f"folder:{images_folder}", data.class_names,
