@@ -16,16 +16,19 @@ so in one line where it is missing. An export never replaces files of an earlier
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from flaxcnn.errors import UserError, error_line
+from flaxcnn.errors import UserError, error_line, first_line
 from flaxcnn.runs import eval_logits, load_run
 
 FORMATS = ("jax", "saved_model")
@@ -55,9 +58,9 @@ def export(workdir, out, *, format: str = "jax") -> list[Path]:  # pylint: disab
     exported = jax.export.export(jax.jit(forward), platforms=PLATFORMS)(spec)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(out / ARTIFACT, bytes(exported.serialize()))
-        if tf:
-            _write_saved_model(tf, forward, info.input_shape, out / SAVED_MODEL)
+        with _checked_saved_model(tf, forward, info.input_shape, out / SAVED_MODEL) as commit:
+            _write_atomically(out / ARTIFACT, bytes(exported.serialize()))
+            commit()
         _write_atomically(out / SPEC, (json.dumps(_spec(info, names), indent=2) + "\n").encode())
     except OSError as e:
         raise UserError(f"cannot write the export into {out} ({e.strerror or e}); free some "
@@ -94,8 +97,43 @@ def _tensorflow():
                         "artifact needs no TensorFlow)") from None
 
 
-def _write_saved_model(tf, forward, input_shape, path: Path):
-    """The SavedModel of `forward` with `serve(images)`, written beside `path` and renamed."""
+SERVE_ELSEWHERE = """
+import sys
+import numpy as np
+import tensorflow as tf
+folder = sys.argv[1]
+np.save(folder + "/served.npy", tf.saved_model.load(folder).serve(np.load(folder + "/probe.npy")).numpy())
+"""
+
+
+def _served_elsewhere(tf, folder: Path) -> np.ndarray:
+    """The SavedModel in `folder` run on its probe.npy by a fresh Python process, as a user's
+    would load it; UserError (one line) if that TensorFlow cannot run it."""
+    done = subprocess.run([sys.executable, "-c", SERVE_ELSEWHERE, str(folder)],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))  # TF leaves GPUs alone
+    if done.returncode:
+        reason = next((line.strip() for line in done.stderr.splitlines()
+                       if "deserialize" in line or "StableHLO" in line),
+                      (done.stderr.strip().splitlines() or ["it exited with an error"])[-1])
+        raise UserError(f"TensorFlow {tf.__version__} cannot run the SavedModel that jax "
+                        f"{jax.__version__} writes ({reason[:160]}); use a TensorFlow as new as "
+                        "this jax, or export without --format (model.jax needs only jax)")
+    served = np.load(folder / "served.npy")
+    (folder / "served.npy").unlink()
+    return served
+
+
+@contextlib.contextmanager
+def _checked_saved_model(tf, forward, input_shape, path: Path):
+    """With TensorFlow (`tf` not None): the SavedModel of `forward` with `serve(images)`, written
+    beside `path`, loaded back by a fresh process and checked to give forward's logits, then
+    yields `commit`, which
+    renames it to `path`. A TensorFlow that cannot run what this jax wrote (its StableHLO too
+    old) is one line, and nothing is left behind. Without TensorFlow `commit` does nothing."""
+    if tf is None:
+        yield lambda: None
+        return
     from jax.experimental import jax2tf
 
     height, width, channels = input_shape
@@ -107,7 +145,15 @@ def _write_saved_model(tf, forward, input_shape, path: Path):
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tf.saved_model.save(module, str(temporary))
-        os.replace(temporary, path)
+        probe = np.random.default_rng(0).integers(0, 256, (2, *input_shape), dtype=np.uint8)
+        np.save(temporary / "probe.npy", probe)
+        served = _served_elsewhere(tf, temporary)  # this process's TF would reuse its own trace
+        expected = np.asarray(forward(probe))
+        if not np.allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max()):
+            raise UserError(f"the SavedModel's logits differ from the run's (by up to "
+                            f"{np.abs(served - expected).max():.3g}); export without --format")
+        (temporary / "probe.npy").unlink()
+        yield lambda: os.replace(temporary, path)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
 
