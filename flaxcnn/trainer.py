@@ -96,7 +96,7 @@ def claim_workdir(config, workdir: Path):
 # --------------------------------------------------------------------------- 3. resolve the data
 
 
-def resolve_dataset(config) -> datasets.Dataset:
+def resolve_dataset(config):
     """The dataset, resolved by process 0 first (it prepares a shared data_dir alone), then by the
     other processes."""
     dataset = None
