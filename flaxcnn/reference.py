@@ -44,7 +44,7 @@ def band(value) -> Band | None:
 
 
 def check(config) -> None:
-    """The config's reference_accuracy is valid (see `band`); for trainer.check_config."""
+    """The config's reference_accuracy is valid (see `band`); for config_check.check_config."""
     band(config.reference_accuracy)
 
 
