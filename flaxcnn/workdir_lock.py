@@ -6,8 +6,8 @@ nothing any more (the kernel releases the lock with the process), so the next ru
 any clean-up; the stale pid in the file is just overwritten. The file is never deleted (deleting a
 lock file races with a process that has opened it but not yet locked it).
 
-Only process 0 of a multi-host run takes the lock (see `trainer.claim_workdir`): all processes of one run
-share the workdir. `flock` is reliable on local disks; some network filesystems ignore it.
+Only process 0 of a multi-host run takes the lock (see `trainer.claim_workdir`): all processes of
+one run share the workdir. `flock` is reliable on local disks; some network filesystems ignore it.
 """
 from __future__ import annotations
 
