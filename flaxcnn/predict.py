@@ -20,8 +20,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from flaxcnn.datasets import folder
 from flaxcnn.errors import UserError, error_line, first_line
 from flaxcnn.runs import eval_logits, load_run
 
@@ -29,25 +30,15 @@ BATCH = 64  # files per compiled call
 
 
 def read_image(path, shape: tuple[int, int, int]) -> np.ndarray:
-    """The image file at `path` as uint8 `shape` (H, W, C with C 1 or 3): resized (bilinear,
-    antialiased) so that it covers H x W, then center-cropped. UserError naming the file if it
-    cannot be read."""
+    """The image file at `path` as uint8 `shape` (H, W, C with C 1 or 3), fitted as the folder
+    reader stores its images (flaxcnn.datasets.folder.fit_image: covers H x W, centre crop).
+    UserError naming the file if it cannot be read."""
     height, width, channels = shape
     try:
-        with Image.open(path) as image:
-            if image.mode == "P":  # palette transparency converts cleanly only through RGBA
-                image = image.convert("RGBA")
-            image = image.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return folder.decode_file(path, height, width, channels)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read {path} as an image ({first_line(e)}); pass a JPEG or PNG "
                         "file") from None
-    scale = max(height / image.height, width / image.width)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    pixels = np.asarray(image.crop((left, top, left + width, top + height)), np.uint8)
-    return pixels.reshape(height, width, channels)
 
 
 def predict(loaded, paths, *, top: int = 5) -> list[dict]:

@@ -151,33 +151,44 @@ def _list_split(root: str, split: str) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------ decoding
 
 
-def store_image(image: Image.Image, store_size: int, channels: int | None = None) -> np.ndarray:
-    """A PIL image -> uint8 (store_size, store_size, C): upright (EXIF), shorter side resized to
-    store_size, centre square. C = `channels` (1 or 3); by default 1 for a grey image, else 3."""
+def fit_image(image: Image.Image, height: int, width: int, channels: int | None = None) -> np.ndarray:
+    """A PIL image -> uint8 (height, width, C): upright (EXIF), resized (bilinear) so that it
+    covers height x width, the side that binds exactly, then its centre cut out (torchvision's
+    Resize and CenterCrop rounding). C = `channels` (1 or 3); by default 1 for a grey image, else 3.
+    The folder reader stores every image this way, and predictions read files this way."""
     image = ImageOps.exif_transpose(image)
     grey = image.mode in GREY_MODES if channels is None else channels == 1
     if image.mode == "P":  # via RGBA: a palette's transparency then converts without a warning
         image = image.convert("RGBA")
     image = image.convert("L" if grey else "RGB")
-    width, height = image.size
-    short = min(width, height)
-    size = (store_size, int(store_size * height / width)) if width == short else (
-        int(store_size * width / height), store_size)
-    if size != (width, height):
+    w, h = image.size
+    if width / w >= height / h:
+        size = (width, max(height, int(h * width / w)))
+    else:
+        size = (max(width, int(w * height / h)), height)
+    if size != (w, h):
         image = image.resize(size, Image.Resampling.BILINEAR)
-    left = int(round((size[0] - store_size) / 2.0))
-    top = int(round((size[1] - store_size) / 2.0))
-    image = image.crop((left, top, left + store_size, top + store_size))
-    return np.asarray(image, dtype=np.uint8).reshape(store_size, store_size, -1)
+    left = int(round((size[0] - width) / 2.0))
+    top = int(round((size[1] - height) / 2.0))
+    image = image.crop((left, top, left + width, top + height))
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, -1)
 
 
-def decode_file(path: str, store_size: int, channels: int | None = None) -> np.ndarray:
-    """The image file at `path`, stored as :func:`store_image` stores it. Pillow's errors pass
-    through (OSError for a file that is not an image or is truncated)."""
+def store_image(image: Image.Image, store_size: int, channels: int | None = None) -> np.ndarray:
+    """A PIL image as a folder dataset stores it: (store_size, store_size, C), see fit_image."""
+    return fit_image(image, store_size, store_size, channels)
+
+
+def decode_file(path, height: int, width: int | None = None,
+                channels: int | None = None) -> np.ndarray:
+    """The image file at `path` fitted to height x width (default square), as :func:`fit_image`
+    fits it. Pillow's errors pass through (OSError for a file that is not an image or is
+    truncated)."""
+    width = width or height
     with Image.open(path) as image:
-        image.draft(image.mode, (store_size, store_size))  # JPEG only: decode at a smaller scale
+        image.draft(image.mode, (width, height))  # JPEG only: decode at a smaller scale
         image.load()
-        return store_image(image, store_size, channels)
+        return fit_image(image, height, width, channels)
 
 
 def _try_decode(path: str, store_size: int):
