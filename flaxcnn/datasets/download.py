@@ -5,7 +5,8 @@ The URLs, sizes and sha256 checksums are the ones tfds's own builders download a
 ``url_checksums/fashion_mnist.txt`` and ``url_checksums/mnist.txt`` for sizes and checksums).
 Each file goes to a temporary name beside its final one and is renamed only once its size and
 checksum match, so a file under its final name is always a complete, checked copy; a failed or
-interrupted download leaves nothing behind.
+interrupted download leaves nothing behind. `fetch_file` also downloads torchvision's weights
+(flaxcnn.pretrained), whose files carry a prefix of their sha256 in their names.
 """
 from __future__ import annotations
 
@@ -59,23 +60,25 @@ def fetch(name: str, folder: str) -> None:
         fetch_file(base_url + filename, os.path.join(folder, filename), size, sha256)
 
 
-def fetch_file(url: str, path: str, size: int, sha256: str) -> None:
-    """`url` -> `path`, through a temporary file renamed only when size and sha256 match."""
+def fetch_file(url: str, path: str, size: int | None, sha256: str, *,
+               kept: str = "nothing was kept; run again, or put the official files in a folder "
+                           "DIR and pass --config.idx_dir=DIR") -> None:
+    """`url` -> `path`, through a temporary file renamed only when its size (unless None) and its
+    sha256 (or a prefix of it, as torch.hub's file names carry) match. A failure is one DataError
+    line ending with `kept`, what was kept and what to do."""
     folder, filename = os.path.split(path)
     for stale in glob.glob(os.path.join(glob.escape(folder), f".{filename}.*{PARTIAL_SUFFIX}")):
         os.remove(stale)  # left by a download that was killed
     fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=PARTIAL_SUFFIX)
-    kept = "nothing was kept; run again, or put the official files in a folder DIR and pass " \
-           "--config.idx_dir=DIR"
     try:
         with os.fdopen(fd, "wb") as out:
             received, digest = _copy(url, out)
-        if received != size:
+        if size is not None and received != size:
             raise DataError(f"the download of {url} stopped after {received} of {size} bytes; "
                             f"{kept}")
-        if digest != sha256:
+        if not digest.startswith(sha256):
             raise DataError(f"the download of {url} ({filename}) has sha256 {digest}, expected "
-                            f"{sha256}; {kept}")
+                            f"{sha256}{'' if len(sha256) == 64 else '...'}; {kept}")
         os.replace(partial, path)
     except (OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__ + (f": {e}" if str(e) else "")

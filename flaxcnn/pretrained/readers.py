@@ -17,20 +17,17 @@ with huggingface_hub (its own cache).
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.util
 import os
 import pathlib
 import pickle
 import re
-import shutil
-import tempfile
-import urllib.request
 import zipfile
 
 import ml_dtypes
 import numpy as np
 
+from flaxcnn.datasets import download
 from flaxcnn.errors import UserError, first_line
 
 # torchvision 0.28's IMAGENET1K_V1 weights (torchvision/models/resnet.py, vgg.py, inception.py:
@@ -187,24 +184,10 @@ def torchvision_file(name: str) -> pathlib.Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    url = TORCHVISION_URL_BASE + filename
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".partial", delete=False) as partial:
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    partial.write(chunk)
-        except OSError as e:
-            os.unlink(partial.name)
-            raise UserError(f"cannot download {url}: {first_line(e)}; check the network, or download it "
-                            f"yourself into {target.parent}") from e
-    expected = HASH_IN_NAME.search(filename).group(1)
-    if not digest.hexdigest().startswith(expected):
-        os.unlink(partial.name)
-        raise UserError(f"{url}: the download's SHA-256 starts {digest.hexdigest()[:len(expected)]}, not "
-                        f"{expected} as its name says; it was damaged in transit: try again")
-    shutil.move(partial.name, target)
+    download.fetch_file(TORCHVISION_URL_BASE + filename, str(target), None,
+                        HASH_IN_NAME.search(filename).group(1),
+                        kept=f"nothing was kept; check the network and run again, or download it "
+                             f"yourself into {target.parent}")
     return target
 
 
