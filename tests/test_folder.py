@@ -73,16 +73,16 @@ def test_a_grey_folder_with_valid_split_has_one_channel_and_a_progress_bar(tmp_p
     assert "decoding" not in capsys.readouterr().err
 
 
-def test_store_image_resizes_the_shorter_side_and_crops_the_centre_square():
+def test_a_stored_image_has_its_shorter_side_resized_and_the_centre_square_cut():
     pixels = np.arange(20 * 40, dtype=np.uint16).reshape(20, 40) % 251
     wide = Image.fromarray(pixels.astype(np.uint8), "L")
-    np.testing.assert_array_equal(folder.store_image(wide, 20)[..., 0], pixels[:, 10:30])
-    np.testing.assert_array_equal(folder.store_image(wide.transpose(Image.Transpose.TRANSPOSE),
-                                                     20)[..., 0], pixels[:, 10:30].T)
+    np.testing.assert_array_equal(folder.fit_image(wide, 20, 20)[..., 0], pixels[:, 10:30])
+    np.testing.assert_array_equal(folder.fit_image(wide.transpose(Image.Transpose.TRANSPOSE),
+                                                   20, 20)[..., 0], pixels[:, 10:30].T)
     # Shorter side 20 -> 10, longer 40 -> 20 (Pillow's bilinear), then the centre 10 x 10.
     halved = np.asarray(wide.resize((20, 10), Image.Resampling.BILINEAR))
-    np.testing.assert_array_equal(folder.store_image(wide, 10)[..., 0], halved[:, 5:15])
-    colour = folder.store_image(wide, 10, channels=3)
+    np.testing.assert_array_equal(folder.fit_image(wide, 10, 10)[..., 0], halved[:, 5:15])
+    colour = folder.fit_image(wide, 10, 10, channels=3)
     assert colour.shape == (10, 10, 3) and (colour == colour[..., :1]).all()
 
 

@@ -174,11 +174,6 @@ def fit_image(image: Image.Image, height: int, width: int, channels: int | None 
     return np.asarray(image, dtype=np.uint8).reshape(height, width, -1)
 
 
-def store_image(image: Image.Image, store_size: int, channels: int | None = None) -> np.ndarray:
-    """A PIL image as a folder dataset stores it: (store_size, store_size, C), see fit_image."""
-    return fit_image(image, store_size, store_size, channels)
-
-
 def decode_file(path, height: int, width: int | None = None,
                 channels: int | None = None) -> np.ndarray:
     """The image file at `path` fitted to height x width (default square), as :func:`fit_image`
