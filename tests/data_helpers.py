@@ -1,5 +1,5 @@
-"""Test helpers: IDX files written by an independent writer, a local HTTP server for them, and a
-small tfds dataset that prepares offline."""
+"""Test helpers: IDX files written by an independent writer, a local HTTP server of a folder (IDX
+files, torchvision's weights), and a small tfds dataset that prepares offline."""
 import gzip
 import hashlib
 import http.server
@@ -44,7 +44,7 @@ def checksums(directory):
     return out
 
 
-class IdxServer:
+class FileServer:
     """Serves the files of a folder on 127.0.0.1; `cut` names files whose body stops half-way
     (the connection closes), `requests` lists the paths asked for."""
 

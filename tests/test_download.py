@@ -9,7 +9,7 @@ import pytest
 
 from flaxcnn import datasets
 from flaxcnn.datasets import download, resolution
-from tests.data_helpers import IdxServer, checksums, write_idx_dir
+from tests.data_helpers import FileServer, checksums, write_idx_dir
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def served(tmp_path_factory):
     """A server of four small IDX files, and their arrays."""
     directory = tmp_path_factory.mktemp("served")
     arrays = write_idx_dir(directory, seed=11, n_train=40, n_test=12)
-    with IdxServer(directory) as server:
+    with FileServer(directory) as server:
         yield server, arrays, checksums(directory)
 
 

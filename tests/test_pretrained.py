@@ -11,11 +11,9 @@ read without torch (tv_resnet34, inception_v3, vgg13), torchvision:<name> from a
 """
 import functools
 import hashlib
-import http.server
 import json
 import pathlib
 import sys
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from safetensors.numpy import save_file
 from flaxcnn import models, pretrained, summary
 from flaxcnn.errors import UserError
 from flaxcnn.pretrained import mappings, readers
+from tests.data_helpers import FileServer
 from torch_format import write_pth
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -98,14 +97,10 @@ def weights_server(tmp_path, monkeypatch):
     """A 127.0.0.1 server of tmp_path/served as torchvision's URL base; TORCH_HOME in tmp_path."""
     served = tmp_path / "served"
     served.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(readers, "TORCHVISION_URL_BASE", f"http://127.0.0.1:{server.server_port}/")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    yield served
-    server.shutdown()
+    with FileServer(served) as server:
+        monkeypatch.setattr(readers, "TORCHVISION_URL_BASE", server.url)
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        yield served
 
 
 def test_torchvision_route_downloads_checks_the_hash_and_caches(weights_server, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.data_helpers import IdxServer, checksums, tfds_test_builder, write_idx_dir
+from tests.data_helpers import FileServer, checksums, tfds_test_builder, write_idx_dir
 
 SCRIPT = r'''
 import json, sys
@@ -101,7 +101,7 @@ def inputs(tmp_path_factory):
     builder = tfds_test_builder()
     for file_format in ("tfrecord", "array_record"):
         builder(data_dir=str(root / file_format), file_format=file_format).download_and_prepare()
-    with IdxServer(served) as server:
+    with FileServer(served) as server:
         yield {"url": server.url, "files": checksums(served), "idx_dir": str(root / "idx"),
                "test_name": builder.name,
                **{f: str(root / f) for f in ("tfrecord", "array_record")}}
