@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 
 class AlexNet(nn.Module):
@@ -26,13 +27,13 @@ class AlexNet(nn.Module):
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
         x = nn.relu(conv(x, 96, (11, 11), strides=4, padding=1, dtype=self.dtype))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = nn.relu(conv(x, 256, (5, 5), padding=2, dtype=self.dtype))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = nn.relu(conv(x, 384, (3, 3), padding=1, dtype=self.dtype))
         x = nn.relu(conv(x, 384, (3, 3), padding=1, dtype=self.dtype))
         x = nn.relu(conv(x, 256, (3, 3), padding=1, dtype=self.dtype))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for _ in range(2):
             x = nn.relu(dense(x, 4096, dtype=self.dtype))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 
 class Inception(nn.Module):
@@ -32,7 +33,7 @@ class Inception(nn.Module):
         path1 = conv_relu(x, self.c1, 1)
         path2 = conv_relu(conv_relu(x, self.c2[0], 1), self.c2[1], 3)
         path3 = conv_relu(conv_relu(x, self.c3[0], 1), self.c3[1], 5)
-        path4 = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        path4 = max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
         path4 = conv_relu(path4, self.c4, 1)
         return jnp.concatenate([path1, path2, path3, path4], axis=-1)
 
@@ -51,7 +52,7 @@ class GoogLeNet(nn.Module):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
 
         def pool(x):
-            return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            return max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
         # b1
         x = nn.relu(conv(x, 64, (7, 7), strides=2, padding=3, dtype=self.dtype))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flaxcnn.models.batchnorm import ModuleDef, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 
 class BasicConv2d(nn.Module):
@@ -43,7 +44,7 @@ def _same_size_avg_pool(x):
 
 
 def _grid_max_pool(x):
-    return nn.max_pool(x, (3, 3), strides=(2, 2))
+    return max_pool(x, (3, 3), strides=(2, 2))
 
 
 class InceptionA(nn.Module):

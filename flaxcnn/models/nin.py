@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from flaxcnn.models.init import conv
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 
 class NiNBlock(nn.Module):
@@ -52,11 +53,11 @@ class NiN(nn.Module):
     def __call__(self, x, train: bool):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
         x = nin_block(96, 11, 4, 0, self.dtype)(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = nin_block(256, 5, 1, 2, self.dtype)(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = nin_block(384, 3, 1, 1, self.dtype)(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = max_pool(x, (3, 3), strides=(2, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nin_block(self.num_classes, 3, 1, 1, self.dtype)(x)
         return x.mean(axis=(1, 2))

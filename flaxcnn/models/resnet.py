@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flaxcnn.models.batchnorm import ModuleDef, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 # the stem's windows, (kernel, stride, padding): 7x7 stride-2 convolution, 3x3 stride-2 max-pooling
 STEM_WINDOWS = [(7, 2, 3), (3, 2, 1)]
@@ -36,7 +37,7 @@ def stem(x, num_channels: int, norm: ModuleDef, *, use_bias: bool = True, dtype:
     compact `__call__`, which names its layers as its own (Conv_0, BatchNorm_0)."""
     x = conv(x, num_channels, (7, 7), strides=2, padding=3, use_bias=use_bias, dtype=dtype)
     x = nn.relu(norm()(x))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class Residual(nn.Module):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
+from flaxcnn.models.pooling import max_pool
 
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 VGG13_ARCH = ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512))
@@ -33,7 +34,7 @@ class VGGBlock(nn.Module):
     def __call__(self, x):
         for _ in range(self.num_convs):
             x = nn.relu(conv(x, self.channels, (3, 3), padding=1, dtype=self.dtype))
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return max_pool(x, (2, 2), strides=(2, 2))
 
 
 def vgg_block(num_convs: int, channels: int, dtype: Any = jnp.float32) -> VGGBlock:
