@@ -47,6 +47,7 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     runtime.reserve_cpu_threads_for_collectives()
+    runtime.use_xla_cpu_convolutions()
     runtime.use_compilation_cache(FLAGS.compilation_cache)
     try:
         join_cluster()  # before anything touches the devices

@@ -213,6 +213,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown model {', '.join(unknown)}; use any of: {', '.join(models.names())}")
     device_loop = {"auto": None, "on": True, "off": False}[args.device_loop]
     runtime.reserve_cpu_threads_for_collectives()
+    runtime.use_xla_cpu_convolutions()
     device = jax.devices()[0]
     print(f"{jax.device_count()} x {device.device_kind} ({device.platform}), jax {jax.__version__}",
           file=sys.stderr, flush=True)

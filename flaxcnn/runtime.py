@@ -1,5 +1,6 @@
-"""The process a run lives in: JAX's compilation cache, XLA:CPU's threads for collectives, counting
-XLA compilations, one clock of where a run's time goes, and the signals that stop a run cleanly.
+"""The process a run lives in: JAX's compilation cache, XLA:CPU's threads for collectives and its
+convolutions, counting XLA compilations, one clock of where a run's time goes, and the signals
+that stop a run cleanly.
 
 These are process-wide settings, so they are explicit calls that train.py (and the notebook, the
 benchmark and the tests) make once, before the devices start: importing this module changes nothing.
@@ -52,6 +53,30 @@ def reserve_cpu_threads_for_collectives(environ=os.environ) -> int | None:
         return None
     environ["PJRT_NPROC"] = str(2 * devices)
     return 2 * devices
+
+
+# XLA_FLAGS' option that turns XLA:CPU's YNNPACK fusions off; jaxlib 0.8.1 is the first release
+# that has it (an option XLA does not know aborts the process, so older ones are left alone).
+YNNPACK_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+YNNPACK_FIRST_JAXLIB = (0, 8, 1)
+
+
+def use_xla_cpu_convolutions(environ=os.environ, jaxlib_version: str | None = None) -> bool:
+    """Has XLA:CPU compute convolutions and dots itself (Eigen) instead of through YNNPACK, which
+    recent jaxlibs use by default and which trains all but the smallest of the chapter's models
+    slower (BENCHMARKS.md, "CPU: where the time goes"). Call it before the first use of the devices;
+    GPUs and TPUs are unaffected. XLA_FLAGS that already choose YNNPACK's fusions are left alone.
+    Returns whether it set the option."""
+    if jaxlib_version is None:
+        import jaxlib.version
+
+        jaxlib_version = jaxlib.version.__version__
+    release = tuple(int(part) for part in re.findall(r"\d+", jaxlib_version)[:3])
+    flags = environ.get("XLA_FLAGS", "")
+    if release < YNNPACK_FIRST_JAXLIB or "xla_cpu_experimental_ynn_fusion_type" in flags:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {YNNPACK_OFF}".strip()
+    return True
 
 
 _compilations = {"programs": 0, "seconds": 0.0, "from_cache": 0}

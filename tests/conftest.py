@@ -39,6 +39,7 @@ import pytest  # noqa: E402
 from flaxcnn import runtime  # noqa: E402
 
 runtime.reserve_cpu_threads_for_collectives()  # 4 devices on a 2-core CI machine (see its docstring)
+runtime.use_xla_cpu_convolutions()  # as train.py computes
 runtime.use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
