@@ -68,8 +68,9 @@ EOF
     find "$tmp/run" -maxdepth 1 -type f ! -name ".*" -exec cp {} "$OUT/experiment/" \; &&
     python3 - "$OUT/experiment/run_info.json" "$wall" <<'EOF' | tee "$OUT/experiment/summary.txt"
 import json, sys
-t = json.load(open(sys.argv[1])).get("timing")
-if t is None:
+try:
+    t = json.load(open(sys.argv[1]))["timing"]
+except (OSError, KeyError):
     sys.exit(print("experiment: cut short, no timing in run_info.json"))
 c = t["compilations"]
 print(f"experiment: wall {sys.argv[2]} s, steps {t['train_seconds']:.1f} s, "
