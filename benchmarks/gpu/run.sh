@@ -20,6 +20,7 @@ for arg in "$@"; do
   esac
 done
 : "${OUT:?OUT must name the results folder}"
+export OUT PYTHONUNBUFFERED=1
 date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "no nvidia-smi"
 python3 - <<'EOF'
@@ -84,9 +85,9 @@ fi
 
 if [ "$peer_s" -gt 0 ]; then
   start=$(date +%s.%N)
-  # The peer stops starting measurements 40 s before its share ends.
+  # The peer stops starting measurements 40 s before its share ends; a JSON line per measurement.
   PLAN="$plan" BUDGET_S=$(( peer_s - 40 )) timeout -k 10 "$peer_s" "$peer_python" .peer/torch_anchor.py 2>&1 |
-    grep -v "^W1\|^I1\|Warning"
+    grep -v "^W1\|^I1\|Warning" | tee "$OUT/peer.log"
   echo "peer exit ${PIPESTATUS[0]} after $(seconds "$start") s"
 fi
 
@@ -94,7 +95,7 @@ fi
 if [ "$bench_s" -gt 0 ]; then
   start=$(date +%s.%N)
   timeout -k 10 "$bench_s" python3 -m flaxcnn.bench --models "$models" --dtype bfloat16 --e2e \
-    --json "$OUT/flaxcnn.json" 2>&1 | quiet
+    --json "$OUT/flaxcnn.json" 2>&1 | quiet | tee "$OUT/bench.log"
   echo "flaxcnn.bench exit ${PIPESTATUS[0]} after $(seconds "$start") s"
 else
   echo "flaxcnn.bench skipped: $bench_s s"
