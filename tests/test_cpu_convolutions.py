@@ -1,16 +1,19 @@
-"""runtime.use_xla_cpu_convolutions: XLA:CPU's own convolutions instead of YNNPACK's. The option is
-set as promised, takes effect in a fresh process, and every convolution of the registered models
-gives the same outputs and gradients as under XLA's default (within float32 round-off, and
-within float64's in float64)."""
+"""How flaxcnn computes convolutions on the CPU. runtime.use_xla_cpu_convolutions (XLA:CPU's own
+convolutions instead of YNNPACK's): the option is set as promised, takes effect in a fresh process,
+and every convolution of the registered models gives the same outputs and gradients as under XLA's
+default (within float32 round-off, and within float64's in float64). Grouped convolutions computed
+group by group (flaxcnn.models.convolution) give lax's."""
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from flaxcnn import runtime
+from flaxcnn.models import convolution
 from flaxcnn.runtime import YNNPACK_OFF
 from tests import zoo_convolutions
 from tests.conftest import REPO
@@ -123,3 +126,34 @@ def test_every_zoo_convolution_matches_xla_default_within_round_off(zoo):
             worst = max(worst, error)
     assert in_float64 == 3 * len(zoo_convolutions.kinds(convs)) >= 3 * 15
     assert 0 < worst  # the two really are different computations
+
+
+def test_grouped_convolutions_group_by_group_match_lax():
+    """flaxcnn.models.convolution computes every grouped convolution of the models (ResNeXt-50's
+    and RegNetX-32's) as separate convolutions: lax's outputs and gradients within round-off."""
+    grouped = [conv for conv in zoo_convolutions.shapes() if conv["groups"] > 1]
+    assert {name for conv in grouped for name in conv["models"]} == {"resnext50", "regnetx32"}
+    for dtype, tolerance in ((np.float32, 4 * np.finfo(np.float32).eps), (np.float64, 1e-13)):
+        with jax.enable_x64(dtype == np.float64):
+            for i, conv in enumerate(grouped):
+                x, w, _ = zoo_convolutions.inputs(conv, i, dtype)
+
+                def values(convolve, x=x, w=w, conv=conv):
+                    y, vjp = jax.vjp(lambda x, w: convolve(conv, x, w), x, w)
+                    g = np.random.default_rng(i).normal(size=y.shape).astype(dtype)
+                    return (y, *vjp(g))
+
+                ours = values(group_by_group)
+                for part, mine, reference in zip(("y", "dx", "dw"), ours,
+                                                 values(zoo_convolutions.convolve)):
+                    assert mine.dtype == dtype
+                    scale = np.max(np.abs(reference))
+                    bound = tolerance * np.sqrt(terms_per_sum(conv, part))
+                    assert np.max(np.abs(mine - reference)) <= bound * scale, f"{part} of {conv}"
+
+
+def group_by_group(conv: dict, x, w):
+    dn = jax.lax.ConvDimensionNumbers(*(tuple(d) for d in conv["dimension_numbers"]))
+    return convolution.conv_general_dilated(
+        x, w, conv["strides"], [tuple(q) for q in conv["padding"]], conv["lhs_dilation"],
+        conv["rhs_dilation"], dn, feature_group_count=conv["groups"])

@@ -9,6 +9,8 @@ XLA_FLAGS the process has, and saves them: `python -m tests.zoo_convolutions SHA
 """
 import json
 import sys
+from types import SimpleNamespace
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +28,16 @@ def _conv_equations(jaxpr):
 
 
 def shapes() -> list[dict]:
+    """The distinct convolutions as the models ask lax for them (grouped ones grouped, though the
+    CPU computes those group by group: flaxcnn.models.convolution)."""
     from flaxcnn import bench, models
+    from flaxcnn.models import convolution
 
+    with mock.patch.object(convolution, "jax", SimpleNamespace(default_backend=lambda: "lax")):
+        return _traced_shapes(bench, models)
+
+
+def _traced_shapes(bench, models) -> list[dict]:
     found = {}
     for name in models.names():
         size, overrides = bench.d2l_setup(name)

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flaxcnn.models.convolution import conv_general_dilated
+
 xavier_uniform = nn.initializers.xavier_uniform()
 
 
@@ -37,10 +39,12 @@ def conv(x, features: int, kernel_size: Sequence[int], **conv_fields):
     like d2l's `nn.Conv2d`: Xavier-uniform kernel, bias uniform in +-1/sqrt(fan_in). A grouped
     convolution (`feature_group_count=g`, PyTorch's `groups=g`) sees in_channels / g inputs per
     output, so fan_in = in_channels / g * kh * kw, as PyTorch computes it from its
-    (out, in / g, kh, kw) weight; flax's (kh, kw, in / g, out) kernel gives Xavier the same fans."""
+    (out, in / g, kh, kw) weight; flax's (kh, kw, in / g, out) kernel gives Xavier the same fans.
+    On the CPU a grouped convolution is computed group by group (flaxcnn.models.convolution)."""
     fan_in = x.shape[-1] // conv_fields.get("feature_group_count", 1) * math.prod(kernel_size)
     layer = nn.Conv(features, kernel_size, kernel_init=xavier_uniform,
-                    bias_init=torch_bias_init(fan_in), **conv_fields)
+                    bias_init=torch_bias_init(fan_in), conv_general_dilated=conv_general_dilated,
+                    **conv_fields)
     return layer(x)
 
 
