@@ -50,9 +50,12 @@ def _traced_shapes(bench, models) -> list[dict]:
             variables, x)
         for eqn in _conv_equations(jaxpr.jaxpr):
             p = eqn.params
-            conv = {"lhs": list(eqn.invars[0].aval.shape), "rhs": list(eqn.invars[1].aval.shape),
-                    "strides": list(p["window_strides"]), "padding": [list(q) for q in p["padding"]],
-                    "lhs_dilation": list(p["lhs_dilation"]), "rhs_dilation": list(p["rhs_dilation"]),
+            conv = {"lhs": list(eqn.invars[0].aval.shape),
+                    "rhs": list(eqn.invars[1].aval.shape),
+                    "strides": list(p["window_strides"]),
+                    "padding": [list(q) for q in p["padding"]],
+                    "lhs_dilation": list(p["lhs_dilation"]),
+                    "rhs_dilation": list(p["rhs_dilation"]),
                     "groups": p["feature_group_count"],
                     "dimension_numbers": [list(d) for d in p["dimension_numbers"]]}
             found.setdefault(json.dumps(conv, sort_keys=True), {**conv, "models": []})

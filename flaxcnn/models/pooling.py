@@ -76,7 +76,8 @@ def _route_gradient(first, g, input_shape, window, strides, padding):
     for k, (i, j) in enumerate(_offsets(window)):
         (qh, rh), (qw, rw) = divmod(i, sh), divmod(j, sw)
         placed = lax.pad(jnp.where(first == k, g, zero), zero,
-                         ((0, 0, 0), (qh, phase_h - ho - qh, 0), (qw, phase_w - wo - qw, 0), (0, 0, 0)))
+                         ((0, 0, 0), (qh, phase_h - ho - qh, 0), (qw, phase_w - wo - qw, 0),
+                          (0, 0, 0)))
         phases[rh, rw] = phases[rh, rw] + placed if (rh, rw) in phases else placed
     empty = jnp.zeros((n, phase_h, phase_w, c), g.dtype)
     grid = jnp.stack([jnp.stack([phases.get((rh, rw), empty) for rw in range(sw)], axis=3)
