@@ -63,8 +63,8 @@ YNNPACK_FIRST_JAXLIB = (0, 8, 1)
 
 def use_xla_cpu_convolutions(environ=os.environ, jaxlib_version: str | None = None) -> bool:
     """Has XLA:CPU compute convolutions and dots itself (Eigen) instead of through YNNPACK, which
-    recent jaxlibs use by default and which trains all but the smallest of the chapter's models
-    slower (BENCHMARKS.md, "CPU: where the time goes"). Call it before the first use of the devices;
+    recent jaxlibs use by default and which trains the chapter's models slower (BENCHMARKS.md,
+    "CPU: where the time goes"). Call it before the first use of the devices;
     GPUs and TPUs are unaffected. XLA_FLAGS that already choose YNNPACK's fusions are left alone.
     Returns whether it set the option."""
     if jaxlib_version is None:

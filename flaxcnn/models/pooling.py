@@ -4,7 +4,7 @@ The pooling of AlexNet (Krizhevsky, Sutskever & Hinton 2012) and the networks af
 each output's gradient to the input that was the window's maximum. JAX differentiates
 `lax.reduce_window` max through `select_and_scatter_add`, which XLA:CPU runs as a variadic
 reduce-window over four index arrays of the padded input's size: for ResNet-18's stem pooling at
-d2l's batch that is 290 ms of a 1.6 s train step on the 2-core development VM (BENCHMARKS.md,
+batch 128 that is about 290 ms of a 1.6 s train step on the 2-core development VM (BENCHMARKS.md,
 "CPU: where the time goes").
 
 `max_pool` computes the same forward (the same `reduce_window`), and on the CPU backend a custom
