@@ -3,6 +3,7 @@ convolutions instead of YNNPACK's): the option is set as promised, takes effect 
 and every convolution of the registered models gives the same outputs and gradients as under XLA's
 default (within float32 round-off, and within float64's in float64). Grouped convolutions computed
 group by group (flaxcnn.models.convolution) give lax's."""
+import functools
 import json
 import os
 import subprocess
@@ -69,11 +70,17 @@ def test_the_option_takes_convolutions_out_of_ynnpack():
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
+def zoo_shapes():
+    """The registered models' distinct convolutions (tracing every model takes a few seconds)."""
+    return zoo_convolutions.shapes()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory, zoo_shapes):
     """Every registered model's convolutions, computed in two fresh processes: XLA's default
     (YNNPACK) and with the option."""
     folder = tmp_path_factory.mktemp("zoo_convolutions")
-    convs = zoo_convolutions.shapes()
+    convs = zoo_shapes
     (folder / "shapes.json").write_text(json.dumps(convs))
     results = {}
     for ynnpack in (True, False):
@@ -83,8 +90,8 @@ def zoo(tmp_path_factory):
     return convs, results[True], results[False]
 
 
-def test_the_zoo_has_every_kind_of_convolution():
-    convs = zoo_convolutions.shapes()
+def test_the_zoo_has_every_kind_of_convolution(zoo_shapes):
+    convs = zoo_shapes
     models = {name for conv in convs for name in conv["models"]}
     assert {"alexnet", "googlenet", "inception_v3", "lenet_bn", "resnext50", "densenet",
             "regnetx32", "tv_resnet18", "vgg19"} <= models
@@ -126,11 +133,11 @@ def test_every_zoo_convolution_matches_xla_default_within_round_off(zoo):
     assert 0 < worst  # the two really are different computations
 
 
-def test_grouped_convolutions_group_by_group_match_lax():
+def test_grouped_convolutions_group_by_group_match_lax(zoo_shapes):
     """flaxcnn.models.convolution computes every grouped convolution of the models (ResNeXt-50's
     and RegNetX-32's) as separate convolutions: lax's outputs and gradients within round-off
     (float32: all of them; float64: one of each kind)."""
-    grouped = [conv for conv in zoo_convolutions.shapes() if conv["groups"] > 1]
+    grouped = [conv for conv in zoo_shapes if conv["groups"] > 1]
     assert {name for conv in grouped for name in conv["models"]} == {"resnext50", "regnetx32"}
     in_float64 = zoo_convolutions.kinds(grouped)  # lax's grouped float64 path is the slowest
     for dtype, tolerance in ((np.float32, 4 * np.finfo(np.float32).eps), (np.float64, 1e-13)):
@@ -145,7 +152,9 @@ def test_grouped_convolutions_group_by_group_match_lax():
                     g = np.random.default_rng(i).normal(size=y.shape).astype(dtype)
                     return (y, *vjp(g))
 
-                ours = values(group_by_group)
+                ours = values(functools.partial(
+                    zoo_convolutions.convolve,
+                    conv_general_dilated=convolution.conv_general_dilated))
                 for part, mine, reference in zip(("y", "dx", "dw"), ours,
                                                  values(zoo_convolutions.convolve)):
                     assert mine.dtype == dtype
@@ -153,9 +162,3 @@ def test_grouped_convolutions_group_by_group_match_lax():
                     bound = tolerance * np.sqrt(terms_per_sum(conv, part))
                     assert np.max(np.abs(mine - reference)) <= bound * scale, f"{part} of {conv}"
 
-
-def group_by_group(conv: dict, x, w):
-    dn = jax.lax.ConvDimensionNumbers(*(tuple(d) for d in conv["dimension_numbers"]))
-    return convolution.conv_general_dilated(
-        x, w, conv["strides"], [tuple(q) for q in conv["padding"]], conv["lhs_dilation"],
-        conv["rhs_dilation"], dn, feature_group_count=conv["groups"])
