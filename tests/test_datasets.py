@@ -239,7 +239,8 @@ def test_stream_train_order(sample_dir):
         np.testing.assert_array_equal(x["image"], y["image"])
     # An epoch holds every example once (it is a shuffle of the split, not a resample).
     labels = np.concatenate([x["label"][x["mask"]] for x in a])
-    np.testing.assert_array_equal(np.bincount(labels), [107, 105, 88, 92, 95, 100, 100, 115, 102, 99])
+    np.testing.assert_array_equal(np.bincount(labels),
+                                  [107, 105, 88, 92, 95, 100, 100, 115, 102, 99])
     flat = np.concatenate([x["image"][x["mask"]].reshape(-1, 28 * 28) for x in a])
     assert len(np.unique(flat, axis=0)) == len(flat) == 1003
 
@@ -248,7 +249,8 @@ def test_stream_train_resizes_and_shards(sample_dir):
     shards = [_train(sample_dir, image_size=32, batch_size=100, process_index=i, process_count=3)
               for i in range(3)]
     # 335, 334 and 334 examples: 4 batches each, the last partial
-    assert [[b["mask"].sum() for b in s] for s in shards] == [[100] * 3 + [35]] + [[100] * 3 + [34]] * 2
+    assert [[b["mask"].sum() for b in s] for s in shards] == (
+        [[100] * 3 + [35]] + [[100] * 3 + [34]] * 2)
     batches = shards[1]
     assert batches[0]["image"].shape == (100, 32, 32, 1) and batches[0]["image"].dtype == np.uint8
 
