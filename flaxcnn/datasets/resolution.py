@@ -65,9 +65,11 @@ def resolve(name, *, data_dir=None, idx_dir=None, process_index: int = 0,
 
         data = folder_cache.load_folder(images_folder, data_dir=data_dir, store_size=folder_store_size,
                                   skip_bad=folder_skip_bad, progress=progress)
-        return ArrayDataset.from_arrays(f"folder:{images_folder}", data.class_names,
-                                        (data.train_images, data.train_labels),
-                                        (data.test_images, data.test_labels), **shard)
+        return ArrayDataset.from_arrays(
+            f"folder:{images_folder}", data.class_names, (data.train_images, data.train_labels),
+            (data.test_images, data.test_labels),
+            storage=f"memory-mapped from {data.cache_dir} ({data.nbytes / 2**30:.2f} GiB on disk)",
+            **shard)
     if idx_dir:
         if name not in IDX_DATASETS:
             raise DataError(
