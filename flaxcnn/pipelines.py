@@ -30,7 +30,6 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,6 +202,9 @@ class HostStreamPipeline:
 
     def __init__(self, train, test, cfg: training.StepConfig, *, steps_per_epoch: int,
                  num_test: int, read_threads: int | None = None, read_ahead: int = 4):
+        import grain  # half a second of imports that the device pipeline does not need
+
+        self.grain = grain
         self.train, self.test, self.steps_per_epoch = train, test, steps_per_epoch
         self.batch_per_device, self.eval_per_device = cfg.batch_per_device, cfg.eval_batch_per_device
         self.read_options = grain.ReadOptions(
@@ -239,7 +241,7 @@ class HostStreamPipeline:
             return {"image": images.reshape(len(self.positions), b, *images.shape[1:]),
                     "label": labels.reshape(len(self.positions), b)}
 
-        steps = grain.MapDataset.range(start_step, self.steps_per_epoch).map(read)
+        steps = self.grain.MapDataset.range(start_step, self.steps_per_epoch).map(read)
         return iter(steps.to_iter_dataset(self.read_options))
 
     def train_chunks(self, state, *, epoch: int, start_step: int):
@@ -266,7 +268,7 @@ class HostStreamPipeline:
             return {"image": images.reshape(local, e, *images.shape[1:]),
                     "label": labels.reshape(local, e), "mask": rows < n}
 
-        steps = grain.MapDataset.range(self.eval_steps).map(read)
+        steps = self.grain.MapDataset.range(self.eval_steps).map(read)
         return iter(steps.to_iter_dataset(self.read_options))
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
