@@ -232,14 +232,16 @@ class HostStreamPipeline:
 
     def train_batches(self, order: np.ndarray, start_step: int) -> Iterator[dict]:
         """This process's part of steps start_step.. of the epoch in `order`, read ahead on the
-        host: {'image': (local devices, b, H, W, C) uint8, 'label': (local devices, b) int32}."""
-        b = self.batch_per_device
+        host: {'image': (local devices, b, H, W, C) uint8, 'label': (local devices, b) int32,
+        'mask': (local devices, b) bool}, as `training.make_train_chunk` gathers them on the
+        devices: positions past the end of `order` (the last batch's padding) are masked out."""
+        b, n = self.batch_per_device, len(order)
 
         def read(step):
-            first = (step * self.num_devices + self.positions[:, None]) * b
-            images, labels = self.train.read(order[(first + np.arange(b)).reshape(-1)])
+            positions = (step * self.num_devices + self.positions[:, None]) * b + np.arange(b)
+            images, labels = self.train.read(order[np.minimum(positions, n - 1).reshape(-1)])
             return {"image": images.reshape(len(self.positions), b, *images.shape[1:]),
-                    "label": labels.reshape(len(self.positions), b)}
+                    "label": labels.reshape(len(self.positions), b), "mask": positions < n}
 
         steps = self.grain.MapDataset.range(start_step, self.steps_per_epoch).map(read)
         return iter(steps.to_iter_dataset(self.read_options))
@@ -251,7 +253,7 @@ class HostStreamPipeline:
         def run_steps(state, first, count):
             del first  # the stream is already there
             for batch in itertools.islice(on_devices, count):
-                state = self.train_batch(state, batch["image"], batch["label"])
+                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
             return state
 
         return timed_chunks(run_steps, state, start_step=start_step,
@@ -315,7 +317,7 @@ class StreamPipeline:
         def run_steps(state, first, count):
             del first  # the stream is already there
             for batch in itertools.islice(on_device, count):
-                state = self.train_batch(state, batch["image"], batch["label"])
+                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
             return state
 
         return timed_chunks(run_steps, state, start_step=start_step,

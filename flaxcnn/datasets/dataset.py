@@ -10,6 +10,8 @@ what the host stream reads: random access to a split by example index.
 from __future__ import annotations
 
 import dataclasses
+import math
+
 import numpy as np
 
 from flaxcnn.datasets.catalog import DataError
@@ -35,6 +37,12 @@ class DatasetInfo:
             return None
         per_example = int(np.prod(self.image_shape)) + np.dtype(np.int32).itemsize
         return (self.num_train + self.num_test) * per_example
+
+
+def train_batches_per_epoch(num_train: int, process_count: int, batch_size: int) -> int:
+    """Each process's batches of `batch_size` per epoch: enough for the largest of the
+    `process_count` shards of `num_train` examples, the last one partial."""
+    return math.ceil(math.ceil(num_train / process_count) / batch_size)
 
 
 def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -79,9 +87,10 @@ class ArrayDataset:
                    process_index=process_index, process_count=process_count, storage=storage)
 
     def train_batches_per_epoch(self, batch_size: int) -> int:
-        """Batches of `batch_size` per epoch in each process: the same on every process (shards
-        differ by up to one example), so none waits in a collective for one that ran out."""
-        return (self.info.num_train // self.process_count) // batch_size
+        """Batches of `batch_size` per epoch in each process, the last one partial (d2l's): the
+        same on every process, enough for the largest shard (shards differ by up to one
+        example), so none waits in a collective for one that ran out."""
+        return train_batches_per_epoch(self.info.num_train, self.process_count, batch_size)
 
     def load_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32 labels."""
