@@ -198,8 +198,8 @@ def build_pipeline(config, dataset, steps_per_epoch: int):
     if kind == "auto":
         fits = nbytes is not None and nbytes <= budget
         kind = "device" if fits else "stream"
-        why = (f"{_gib(nbytes)} of uint8 {'fits' if fits else 'is over'} the device budget of "
-               f"{_gib(budget)}, --config.device_data_budget_mb" if nbytes is not None
+        why = (f"{_size(nbytes)} of uint8 {'fits' if fits else 'is over'} the device budget of "
+               f"{_size(budget)}, --config.device_data_budget_mb" if nbytes is not None
                else "images of varying size")
     else:
         why = f"--config.input_pipeline={kind}"
@@ -235,8 +235,8 @@ def build_pipeline(config, dataset, steps_per_epoch: int):
     return pipeline
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 # ------------------------------------------------------------------------------ 7. the epoch loop

@@ -379,7 +379,7 @@ def test_a_streamed_folder_resumes_bit_for_bit_after_sigterm_mid_epoch_without_t
     code, out, err = finish(process)
     assert code == 128 + signal.SIGTERM, err
     assert "input: host stream (grain; --config.input_pipeline" not in out
-    assert "input: host stream (grain; 0.00 GiB of uint8 is over the device budget of 0.00 GiB" \
+    assert "input: host stream (grain; 0.3 MiB of uint8 is over the device budget of 0.0 MiB" \
         in out, out
     (step,) = checkpoint_steps(tmp_path)
     assert 0 < step < FOLDER_STEPS, step
