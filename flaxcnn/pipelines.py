@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import jax_utils
 from jax import lax
 
 from flaxcnn import cluster, replicas, training
@@ -188,6 +187,22 @@ def ahead_on_devices(batches: Iterator[dict], size: int = AHEAD_ON_DEVICES,
         yield queue.popleft()
 
 
+def streamed_chunks(train_batch, batches: Iterator[dict], state, *, start_step: int,
+                    steps_per_epoch: int, timer: ChunkTimer):
+    """`timed_chunks` of steps that each take the next host batch (leading axis: the local
+    devices; 'image', 'label', 'mask'), sent to the devices ahead of the steps."""
+    on_devices = ahead_on_devices(batches)
+
+    def run_steps(state, first, count):
+        del first  # the stream is already there
+        for batch in itertools.islice(on_devices, count):
+            state = train_batch(state, batch["image"], batch["label"], batch["mask"])
+        return state
+
+    return timed_chunks(run_steps, state, start_step=start_step, steps_per_epoch=steps_per_epoch,
+                        timer=timer)
+
+
 class HostStreamPipeline:
     """Steps fed from host memory or disk: the whole train split as random-access `train` (every
     process reads only its devices' examples of each step) and this process's test shard as
@@ -248,16 +263,9 @@ class HostStreamPipeline:
 
     def train_chunks(self, state, *, epoch: int, start_step: int):
         order = self.epoch_order(state.data_key, epoch)
-        on_devices = ahead_on_devices(self.train_batches(order, start_step))
-
-        def run_steps(state, first, count):
-            del first  # the stream is already there
-            for batch in itertools.islice(on_devices, count):
-                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
-            return state
-
-        return timed_chunks(run_steps, state, start_step=start_step,
-                            steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+        return streamed_chunks(self.train_batch, self.train_batches(order, start_step), state,
+                               start_step=start_step, steps_per_epoch=self.steps_per_epoch,
+                               timer=self.timer)
 
     def test_batches(self) -> Iterator[dict]:
         """Every test example of this process once, in the device pipeline's layout: step s of
@@ -312,16 +320,9 @@ class StreamPipeline:
         batches = self.dataset.stream_train(batch_size=self.local_batch,
                                             image_size=self.cfg.image_size, seed=self.seed,
                                             epoch=epoch, skip_batches=start_step)
-        on_device = jax_utils.prefetch_to_device(map(_per_device, batches), 2)
-
-        def run_steps(state, first, count):
-            del first  # the stream is already there
-            for batch in itertools.islice(on_device, count):
-                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
-            return state
-
-        return timed_chunks(run_steps, state, start_step=start_step,
-                            steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+        return streamed_chunks(self.train_batch, map(_per_device, batches), state,
+                               start_step=start_step, steps_per_epoch=self.steps_per_epoch,
+                               timer=self.timer)
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
         """Global test sums of a replicated RunState, and this process's predictions in example

@@ -336,7 +336,7 @@ def test_output_filter_turns_the_runtimes_abort_into_one_line():
 
 # --- an image folder streamed from its cache (the host stream), with TensorFlow hidden -----------
 
-FOLDER_STEPS = math.ceil(123 / 8)  # 3 classes x 41 training images, batch 8: the last holds 3
+FOLDER_STEPS = math.ceil(123 / BATCH)  # 3 classes x 41 training images: the last step holds 11
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +350,7 @@ def streamed_folder(tmp_path_factory):
 
 def stream_settings(folder) -> dict:
     """LeNet-BN on the folder, streamed: a device budget of 0 MiB holds nothing on the devices."""
-    return {"dataset": f"folder:{folder}", "folder_store_size": 28, "batch_size": 8,
+    return {"dataset": f"folder:{folder}", "folder_store_size": 28, "batch_size": BATCH,
             "learning_rate": 0.1, "num_epochs": 2, "device_data_budget_mb": 0, "plots": False,
             "tensorboard": False}
 
@@ -405,12 +405,11 @@ def test_a_streamed_folder_trains_alike_in_two_processes_without_tensorflow(
     assert [(r["epoch"], r["step"], r["test_examples"]) for r in got] == [
         (r["epoch"], r["step"], r["test_examples"]) for r in want] == [
         (1, FOLDER_STEPS, 12), (2, 2 * FOLDER_STEPS, 12)]
-    # Round-off only, but two examples per device and 32 steps at lr 0.1 grow it past TOLERANCE.
-    tolerance = 10 * TOLERANCE
     for g, w in zip(got, want):
         for key in ("train_loss", "test_loss"):
-            assert abs(g[key] - w[key]) <= tolerance * max(1.0, abs(w[key])), (key, g, w)
+            assert abs(g[key] - w[key]) <= TOLERANCE * max(1.0, abs(w[key])), (key, g, w)
     (step, state), (_, want_state) = final_state(workdir), final_state(streamed_here)
     assert step == 2 * FOLDER_STEPS
-    assert max(max_abs_difference(state[k], want_state[k])
-               for k in ("params", "batch_stats")) <= tolerance
+    differences = [max_abs_difference(state[k], want_state[k]) for k in ("params", "batch_stats")]
+    print(f"max |difference| against one process: {differences}")
+    assert max(differences) <= TOLERANCE

@@ -127,3 +127,22 @@ def test_each_process_reads_only_its_devices_part_of_each_step(sample):
     np.testing.assert_array_equal(reads[0], order[2 * 64 + 32: 3 * 64])
     np.testing.assert_array_equal(half["image"], whole["image"][2:])
     np.testing.assert_array_equal(half["label"], whole["label"][2:])
+
+
+def test_the_tf_data_stream_trains_and_evaluates_a_tfrecord_dataset(tmp_path):
+    """tfds datasets stored as tfrecord are what tf.data is left for: 20 examples, batch 8, so
+    3 steps, the last with 4 real examples; every test example evaluated once."""
+    from tests.data_helpers import TFDS_TEST_NAME, tfds_test_builder
+
+    tfds_test_builder()(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+    dataset = datasets.resolve(TFDS_TEST_NAME, data_dir=str(tmp_path))
+    assert not hasattr(dataset, "examples")
+    cfg = training.StepConfig(image_size=28, dtype=jnp.float32, batch_per_device=2,
+                              eval_batch_per_device=2)
+    pipeline = pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=3, seed=0)
+    state = replicas.replicate(training.RunState.fresh(lenet_state(), seed=0))
+    for state, step in pipeline.train_chunks(state, epoch=0, start_step=0):
+        pass
+    assert step == 3 and replicas.host_sums(state.totals)["count"] == 20
+    sums, predictions = pipeline.evaluate(state)
+    assert sums["count"] == 20 and predictions.shape == (20,)
