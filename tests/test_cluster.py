@@ -351,7 +351,7 @@ def streamed_folder(tmp_path_factory):
 def stream_settings(folder) -> dict:
     """LeNet-BN on the folder, streamed: a device budget of 0 MiB holds nothing on the devices."""
     return {"dataset": f"folder:{folder}", "folder_store_size": 28, "batch_size": BATCH,
-            "learning_rate": 0.1, "num_epochs": 2, "device_data_budget_mb": 0, "plots": False,
+            "learning_rate": 0.1, "num_epochs": 1, "device_data_budget_mb": 0, "plots": False,
             "tensorboard": False}
 
 
@@ -403,13 +403,12 @@ def test_a_streamed_folder_trains_alike_in_two_processes_without_tensorflow(
         assert rc == 0, f"exit {rc}\n{out}\n{err}"
     got, want = records(workdir), records(streamed_here)
     assert [(r["epoch"], r["step"], r["test_examples"]) for r in got] == [
-        (r["epoch"], r["step"], r["test_examples"]) for r in want] == [
-        (1, FOLDER_STEPS, 12), (2, 2 * FOLDER_STEPS, 12)]
+        (r["epoch"], r["step"], r["test_examples"]) for r in want] == [(1, FOLDER_STEPS, 12)]
     for g, w in zip(got, want):
         for key in ("train_loss", "test_loss"):
             assert abs(g[key] - w[key]) <= TOLERANCE * max(1.0, abs(w[key])), (key, g, w)
     (step, state), (_, want_state) = final_state(workdir), final_state(streamed_here)
-    assert step == 2 * FOLDER_STEPS
+    assert step == FOLDER_STEPS
     differences = [max_abs_difference(state[k], want_state[k]) for k in ("params", "batch_stats")]
     print(f"max |difference| against one process: {differences}")
     assert max(differences) <= TOLERANCE
