@@ -20,7 +20,8 @@ def get_config():
     config.dataset = "fashion_mnist"                   # a tfds image-classification dataset, fashion_mnist_sample, or folder:PATH (PATH/train/<class>/*, PATH/test/<class>/*)
     config.data_dir = ""                               # tfds data_dir ("" = tfds's default)
     config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
-    config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
+    config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (read from host memory or disk ahead of each step), auto (device while the data fits device_data_budget_mb)
+    config.device_data_budget_mb = 2048                # auto: datasets (uint8 train + test) up to this size are held on every device, larger ones streamed
     config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
     config.folder_store_size = 256                     # folder:PATH images are kept as squares of this side (shorter side resized, centre crop)
     config.folder_skip_bad = False                     # folder:PATH: skip (and count) unreadable image files instead of stopping

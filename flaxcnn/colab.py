@@ -202,7 +202,7 @@ def _plan_tensorflow(installed: Mapping[str, str], notes: list[str]) -> dict[str
                      + ", ".join(f"{n} {installed[n]}" for n in present)
                      + "; uninstall all but one (flaxcnn installs none beside them)")
     if not present:
-        notes.append("no TensorFlow: installing none (only --config.input_pipeline=stream needs "
+        notes.append("no TensorFlow: installing none (only tfds datasets stored as tfrecord need "
                      'it: pip install "flaxcnn[stream]")')
         return {}
     notes.append(f"keeping the runtime's {present[0]} {installed[present[0]]}")

@@ -50,6 +50,7 @@ NUMERIC_RANGES = (
     ("eval_batch_size", True, lambda v: v >= 0, "a whole number, 0 (= batch_size) or more"),
     ("image_size", True, lambda v: v >= 1, "a whole number, at least 1"),
     ("folder_store_size", True, lambda v: v >= 1, "a whole number of pixels, at least 1"),
+    ("device_data_budget_mb", True, lambda v: v >= 0, "a whole number of MiB, 0 or more"),
     ("num_epochs", True, lambda v: v >= 0, "a whole number, 0 or more"),
     ("checkpoint_every_epochs", True, lambda v: v >= 1, "a whole number, at least 1"),
     ("max_checkpoints", True, lambda v: v >= 1, "a whole number, at least 1"),

@@ -5,7 +5,14 @@
   the epoch, and
   every step gathers each device's part of the global batch inside the compiled chunk, so the run
   does not depend on the number of processes. Imports no TensorFlow: `flaxcnn.bench` runs it where TF is not installed.
-* :class:`StreamPipeline` streams batches from tf.data (datasets too large for the devices).
+* :class:`HostStreamPipeline` reads each step's examples on the host from a random-access source
+  (arrays in memory, an image folder's memory-mapped cache, a tfds ArrayRecord data source) with
+  grain, ahead of the step, and puts them on the devices ahead of it: the same examples for each
+  step and device as the device pipeline, in the same order (from the run's data key), so a run
+  gives the same numbers on either route. Each process reads only its devices' part of each global
+  batch. No TensorFlow.
+* :class:`StreamPipeline` streams batches from tf.data, for the tfds datasets that only tf.data
+  reads (tfrecord files, images of varying size).
 
 Both offer the same three methods: ``train_chunks`` (the rest of an epoch for a replicated
 `training.RunState`, one chunk of steps at a time, each chunk sized to about a second by one
@@ -15,16 +22,18 @@ never state: keys, parameters and running sums travel in the RunState.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import math
+import os
 import time
 from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import jax_utils
+from jax import lax
 
 from flaxcnn import cluster, replicas, training
 from flaxcnn.replicas import AXIS
@@ -152,11 +161,150 @@ class DevicePipeline:
         return self.test_images[:count], self.test_labels
 
 
+# ------------------------------------------------------------------------------- the host stream
+
+
+def local_positions(devices=None) -> np.ndarray:
+    """Where this process's devices are along the pmap axis (all processes' devices)."""
+    local = len(devices) if devices else jax.local_device_count()
+    where = jax.pmap(lambda x: lax.axis_index(AXIS), AXIS, devices=devices)(np.zeros(local))
+    return replicas.local_array(where).astype(np.int64)
+
+
+AHEAD_ON_DEVICES = 2  # batches copied to the devices before the step that takes them
+
+
+def ahead_on_devices(batches: Iterator[dict], size: int = AHEAD_ON_DEVICES,
+                     devices=None) -> Iterator[dict]:
+    """Host batches (leading axis: the local devices) -> the same on the devices, `size` batches
+    sent ahead of the one the caller takes (the copies run while the steps run)."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append({k: replicas.per_device(v, devices) for k, v in batch.items()})
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def streamed_chunks(train_batch, batches: Iterator[dict], state, *, start_step: int,
+                    steps_per_epoch: int, timer: ChunkTimer):
+    """`timed_chunks` of steps that each take the next host batch (leading axis: the local
+    devices; 'image', 'label', 'mask'), sent to the devices ahead of the steps."""
+    on_devices = ahead_on_devices(batches)
+
+    def run_steps(state, first, count):
+        del first  # the stream is already there
+        for batch in itertools.islice(on_devices, count):
+            state = train_batch(state, batch["image"], batch["label"], batch["mask"])
+        return state
+
+    return timed_chunks(run_steps, state, start_step=start_step, steps_per_epoch=steps_per_epoch,
+                        timer=timer)
+
+
+class HostStreamPipeline:
+    """Steps fed from host memory or disk: the whole train split as random-access `train` (every
+    process reads only its devices' examples of each step) and this process's test shard as
+    `test`, both :class:`flaxcnn.datasets.dataset.Examples`-like (``len``, ``read(indices)``,
+    ``all_labels()``).
+
+    grain reads the steps ahead (`read_threads` threads, `read_ahead` steps): a
+    ``grain.MapDataset`` of the epoch's remaining steps, each mapped to its batch. A step's
+    position in the epoch is all there is to its batch, so a resumed run starts the map at its
+    step (the RunState's step is the checkpointed position; grain's iterator state is not needed).
+    """
+
+    def __init__(self, train, test, cfg: training.StepConfig, *, steps_per_epoch: int,
+                 num_test: int, read_threads: int | None = None, read_ahead: int = 4):
+        import grain  # half a second of imports that the device pipeline does not need
+
+        self.grain = grain
+        self.train, self.test, self.steps_per_epoch = train, test, steps_per_epoch
+        self.batch_per_device, self.eval_per_device = cfg.batch_per_device, cfg.eval_batch_per_device
+        self.read_options = grain.ReadOptions(
+            num_threads=read_threads or min(4, os.cpu_count() or 1), prefetch_buffer_size=read_ahead)
+        self.positions = local_positions()
+        self.num_devices = jax.device_count()
+        self._permutation = make_permutation()
+        self.train_batch = training.make_train_batch(cfg)
+        self.evaluate_batch = training.make_evaluate_batch(cfg)
+        self.eval_steps = eval_steps(math.ceil(num_test / jax.process_count()),
+                                     cfg.eval_batch_per_device, jax.local_device_count())
+        self.timer = ChunkTimer()
+
+    def read_ahead_bytes(self, image_shape) -> int:
+        """Host memory of the train batches in flight: read ahead, being read, sent ahead."""
+        in_flight = (self.read_options.prefetch_buffer_size + self.read_options.num_threads
+                     + AHEAD_ON_DEVICES)
+        per_step = len(self.positions) * self.batch_per_device * int(np.prod(image_shape))
+        return in_flight * per_step
+
+    def epoch_order(self, data_key, epoch: int) -> np.ndarray:
+        """The epoch's order of the train split, the device pipeline's (from the replicated data
+        key and the epoch)."""
+        return replicas.unreplicate(self._permutation(data_key, epoch, len(self.train)))
+
+    def train_batches(self, order: np.ndarray, start_step: int) -> Iterator[dict]:
+        """This process's part of steps start_step.. of the epoch in `order`, read ahead on the
+        host: {'image': (local devices, b, H, W, C) uint8, 'label': (local devices, b) int32,
+        'mask': (local devices, b) bool}, as `training.make_train_chunk` gathers them on the
+        devices: positions past the end of `order` (the last batch's padding) are masked out."""
+        b, n = self.batch_per_device, len(order)
+
+        def read(step):
+            positions = (step * self.num_devices + self.positions[:, None]) * b + np.arange(b)
+            images, labels = self.train.read(order[np.minimum(positions, n - 1).reshape(-1)])
+            return {"image": images.reshape(len(self.positions), b, *images.shape[1:]),
+                    "label": labels.reshape(len(self.positions), b), "mask": positions < n}
+
+        steps = self.grain.MapDataset.range(start_step, self.steps_per_epoch).map(read)
+        return iter(steps.to_iter_dataset(self.read_options))
+
+    def train_chunks(self, state, *, epoch: int, start_step: int):
+        order = self.epoch_order(state.data_key, epoch)
+        return streamed_chunks(self.train_batch, self.train_batches(order, start_step), state,
+                               start_step=start_step, steps_per_epoch=self.steps_per_epoch,
+                               timer=self.timer)
+
+    def test_batches(self) -> Iterator[dict]:
+        """Every test example of this process once, in the device pipeline's layout: step s of
+        local device d holds examples (s * local devices + d) * e ..., masked past the shard."""
+        e, local, n = self.eval_per_device, len(self.positions), len(self.test)
+
+        def read(step):
+            rows = (step * local + np.arange(local)[:, None]) * e + np.arange(e)
+            images, labels = self.test.read(np.minimum(rows, max(n - 1, 0)).reshape(-1))
+            return {"image": images.reshape(local, e, *images.shape[1:]),
+                    "label": labels.reshape(local, e), "mask": rows < n}
+
+        steps = self.grain.MapDataset.range(self.eval_steps).map(read)
+        return iter(steps.to_iter_dataset(self.read_options))
+
+    def evaluate(self, state) -> tuple[dict, np.ndarray]:
+        """Global test sums of a replicated RunState, and this process's predictions in example
+        order."""
+        totals, preds = None, []
+        for batch in ahead_on_devices(self.test_batches()):
+            sums, p = self.evaluate_batch(state.train, batch["image"], batch["label"],
+                                          batch["mask"])
+            sums = replicas.host_sums(sums)
+            totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+            preds.append(replicas.local_array(p).reshape(-1))
+        return totals, np.concatenate(preds)[:len(self.test)]
+
+    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `count` test images and all test labels, in `evaluate`'s order."""
+        images, _ = self.test.read(np.arange(min(count, len(self.test))))
+        return images, self.test.all_labels()
+
+
 # ---------------------------------------------------------------------------------- tf.data stream
 
 
 class StreamPipeline:
-    """Batches of this process's shard streamed from tf.data (a dataset's stream_train, stream_eval)."""
+    """Batches of this process's shard streamed from tf.data (a TfdsDataset's stream_train,
+    stream_eval): tfrecord files and images of varying size, which only tf.data reads."""
 
     def __init__(self, dataset, cfg: training.StepConfig, *, steps_per_epoch: int, seed: int):
         self.dataset, self.cfg, self.seed = dataset, cfg, seed
@@ -172,16 +320,9 @@ class StreamPipeline:
         batches = self.dataset.stream_train(batch_size=self.local_batch,
                                             image_size=self.cfg.image_size, seed=self.seed,
                                             epoch=epoch, skip_batches=start_step)
-        on_device = jax_utils.prefetch_to_device(map(_per_device, batches), 2)
-
-        def run_steps(state, first, count):
-            del first  # the stream is already there
-            for batch in itertools.islice(on_device, count):
-                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
-            return state
-
-        return timed_chunks(run_steps, state, start_step=start_step,
-                            steps_per_epoch=self.steps_per_epoch, timer=self.timer)
+        return streamed_chunks(self.train_batch, map(_per_device, batches), state,
+                               start_step=start_step, steps_per_epoch=self.steps_per_epoch,
+                               timer=self.timer)
 
     def evaluate(self, state) -> tuple[dict, np.ndarray]:
         """Global test sums of a replicated RunState, and this process's predictions in example

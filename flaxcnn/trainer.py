@@ -7,7 +7,8 @@
 3. `resolve_dataset`: the dataset, resolved once (process 0 first: it prepares a shared data_dir).
 4. `build_run`: model, optimizer and a fresh `training.RunState` (train state, keys, running sums).
 5. `checkpoint.restore_newest`: the newest good checkpoint restored into it, when resuming.
-6. `build_pipeline`: the data on the devices, or a tf.data stream for data too big for them.
+6. `build_pipeline`: the data on the devices while it fits their budget, else the host stream
+   (tf.data only for tfds datasets only it reads); one line says which, and why.
 7. `EpochLoop.train`: chunks of steps, an evaluation of every test example each epoch, the epoch's
    outputs (`flaxcnn.outputs`) and checkpoint; a signal stops it with a checkpoint saved; then the
    last pictures and where the time went (`runtime.Chrono`).
@@ -36,8 +37,6 @@ from flaxcnn.config_check import check_config
 from flaxcnn.errors import UserError, first_line
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 from flaxcnn.workdir_lock import WorkdirLock
-
-DEVICE_PIPELINE_MAX_BYTES = 2 << 30  # datasets up to 2 GiB of uint8 live on the accelerators
 
 
 class Interrupted(Exception):
@@ -191,11 +190,19 @@ def announce_resume(checkpoints: Checkpoints, step: int, steps_per_epoch: int):
 
 
 def build_pipeline(config, dataset, steps_per_epoch: int):
-    """The device pipeline for datasets that fit on the devices, else the tf.data stream."""
+    """The device pipeline while the data fits --config.device_data_budget_mb, else (or with
+    input_pipeline=stream) the host stream; tf.data only for the tfds datasets that only it reads
+    (no random access). Process 0 prints the route, why, and the memory and disk it uses."""
     info, kind = dataset.info, config.input_pipeline
+    nbytes, budget = info.nbytes_in_memory, config.device_data_budget_mb << 20
     if kind == "auto":
-        nbytes = info.nbytes_in_memory
-        kind = "device" if nbytes is not None and nbytes <= DEVICE_PIPELINE_MAX_BYTES else "stream"
+        fits = nbytes is not None and nbytes <= budget
+        kind = "device" if fits else "stream"
+        why = (f"{_size(nbytes)} of uint8 {'fits' if fits else 'is over'} the device budget of "
+               f"{_size(budget)}, --config.device_data_budget_mb" if nbytes is not None
+               else "images of varying size")
+    else:
+        why = f"--config.input_pipeline={kind}"
     eval_batch = config.eval_batch_size or config.batch_size
     cfg = training.StepConfig(
         image_size=config.image_size, dtype=getattr(jnp, config.dtype),
@@ -203,14 +210,33 @@ def build_pipeline(config, dataset, steps_per_epoch: int):
         eval_batch_per_device=eval_batch // jax.device_count(),
         sync_batch_stats=config.sync_batch_stats, augment=config.augment,
         normalize=input_normalization(config), freeze=config.freeze)
-    if kind == "stream":
-        return pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps_per_epoch,
-                                        seed=config.seed)
-    # Every process holds the whole training set and takes its devices' part of each global
-    # batch: the order of examples is that of one process, whatever the process count.
-    whole = dataclasses.replace(dataset, process_index=0, process_count=1)
-    return pipelines.DevicePipeline(whole.load_arrays("train"), dataset.load_arrays("test"), cfg,
-                                    steps_per_epoch=steps_per_epoch, num_test=info.num_test)
+    storage = getattr(dataset, "storage", "read by tf.data")
+    if kind == "stream" and hasattr(dataset, "examples"):
+        pipeline = pipelines.HostStreamPipeline(
+            dataset.examples("train", whole=True), dataset.examples("test"), cfg,
+            steps_per_epoch=steps_per_epoch, num_test=info.num_test)
+        ahead = pipeline.read_ahead_bytes(info.image_shape)
+        route = (f"host stream (grain; {why}): data {storage}; host memory for batches read "
+                 f"ahead: {ahead / 2**20:.0f} MiB")
+    elif kind == "stream":
+        pipeline = pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps_per_epoch,
+                                            seed=config.seed)
+        route = f"tf.data stream ({why}; a tfds dataset that only tf.data reads): data {storage}"
+    else:
+        # Every process holds the whole training set and takes its devices' part of each global
+        # batch: the order of examples is that of one process, whatever the process count.
+        whole = dataclasses.replace(dataset, process_index=0, process_count=1)
+        pipeline = pipelines.DevicePipeline(whole.load_arrays("train"),
+                                            dataset.load_arrays("test"), cfg,
+                                            steps_per_epoch=steps_per_epoch, num_test=info.num_test)
+        route = f"device pipeline ({why}): the train set on every device; data {storage}"
+    if jax.process_index() == 0:
+        print(f"input: {route}", flush=True)
+    return pipeline
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 # ------------------------------------------------------------------------------ 7. the epoch loop

@@ -155,15 +155,17 @@ def train_here(argv: list[str], monkeypatch) -> tuple[int, str, str]:
 
 
 
-def launch_train(workdir, tfds_dir, *extra, devices=4, phases=False, stderr=subprocess.PIPE,
-                 **popen):
+def launch_train(workdir, tfds_dir, *extra, devices=4, phases=False, hide_tensorflow=False,
+                 stderr=subprocess.PIPE, **popen):
     """`python train.py` on RUN (--config.* overrides in `extra`) as a process of its own, with
     `devices` fake CPU devices. With `phases`, through tests/phase_markers.py, which prints where
-    the run is on stderr."""
+    the run is on stderr; with `hide_tensorflow`, through tests/without_tensorflow.py."""
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env.pop("PJRT_NPROC", None)  # each process sizes XLA's threads for its own devices
     program = ["tests/phase_markers.py"] if phases else ["train.py"]
+    if hide_tensorflow:
+        program = ["tests/without_tensorflow.py", *program]
     return subprocess.Popen(
         [sys.executable, *program, "--config", "configs/batchnorm.py", "--config.progress=false",
          *(f"--config.{k}={v}" for k, v in RUN.items()), f"--config.data_dir={tfds_dir}",

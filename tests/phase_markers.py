@@ -3,7 +3,7 @@
     python tests/phase_markers.py <train.py's arguments>
 
 prints `flaxcnn-phase: <name> begin` and `flaxcnn-phase: <name> end` around `train` (the steps of an
-epoch: the device pipeline's train_chunks), `eval` (its evaluate), `plot` (each picture, drawn in the
+epoch: the device pipeline's or the host stream's train_chunks), `eval` (its evaluate), `plot` (each picture, drawn in the
 picture thread) and `checkpoint` (the start of a save, whose writing then goes on in the
 background). tests/test_robustness.py's kill soak reads them. The hook lives here, not in flaxcnn:
 it wraps the functions the trainer calls, then runs train.py as `python train.py` would.
@@ -52,9 +52,9 @@ def marked_generator(name: str, function):
 
 
 def install():
-    pipelines.DevicePipeline.train_chunks = marked_generator(
-        "train", pipelines.DevicePipeline.train_chunks)
-    pipelines.DevicePipeline.evaluate = marked("eval", pipelines.DevicePipeline.evaluate)
+    for pipeline in (pipelines.DevicePipeline, pipelines.HostStreamPipeline):
+        pipeline.train_chunks = marked_generator("train", pipeline.train_chunks)
+        pipeline.evaluate = marked("eval", pipeline.evaluate)
     for name in ("curves", "predictions", "confusion"):
         setattr(plots, name, marked("plot", getattr(plots, name)))
     checkpoint.Checkpoints.save = marked("checkpoint", checkpoint.Checkpoints.save)

@@ -19,8 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.conftest import (REPO, checkpoint_steps, config_of, copy_run, finish, free_port,
-                            launch_train, max_abs_difference, train_to_end)
+from tests.conftest import (REPO, assert_bit_identical, checkpoint_steps, config_of, copy_run,
+                            finish, free_port, latest, launch_train, max_abs_difference,
+                            metrics_without_timing, train_to_end)
 
 pytestmark = pytest.mark.multihost
 
@@ -331,3 +332,83 @@ def test_output_filter_turns_the_runtimes_abort_into_one_line():
                         b"heartbeat timeout\n", b"*** Check failure stack trace: ***\n")
     assert out == b"epoch 1\n"
     assert err.decode().startswith("error: lost process 1 of the cluster") and err.count(b"\n") == 1
+
+
+# --- an image folder streamed from its cache (the host stream), with TensorFlow hidden -----------
+
+FOLDER_STEPS = math.ceil(123 / BATCH)  # 3 classes x 41 training images: the last step holds 11
+
+
+@pytest.fixture(scope="module")
+def streamed_folder(tmp_path_factory):
+    """An image folder of 123 training and 12 test images (PNG and JPEG) in three classes."""
+    from image_folders import make_folder, sample_images
+
+    return make_folder(tmp_path_factory.mktemp("stream") / "pictures",
+                       sample_images(per_class=41), per_class=(41, 4))
+
+
+def stream_settings(folder) -> dict:
+    """LeNet-BN on the folder, streamed: a device budget of 0 MiB holds nothing on the devices."""
+    return {"dataset": f"folder:{folder}", "folder_store_size": 28, "batch_size": BATCH,
+            "learning_rate": 0.1, "num_epochs": 1, "device_data_budget_mb": 0, "plots": False,
+            "tensorboard": False}
+
+
+def stream_flags(folder) -> list[str]:
+    return [f"--config.{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in stream_settings(folder).items()]
+
+
+@pytest.fixture(scope="module")
+def streamed_here(streamed_folder, tfds_dir, tmp_path_factory):
+    """The reference: the streamed folder in one process with 4 devices (this one)."""
+    workdir = tmp_path_factory.mktemp("stream") / "one"
+    train_to_end(config_of("batchnorm", tfds_dir, **stream_settings(streamed_folder)), workdir)
+    return workdir
+
+
+def test_a_streamed_folder_resumes_bit_for_bit_after_sigterm_mid_epoch_without_tensorflow(
+        streamed_folder, streamed_here, tfds_dir, tmp_path, capsys):
+    process = launch_train(tmp_path, tfds_dir, *stream_flags(streamed_folder), phases=True,
+                           hide_tensorflow=True)
+    for line in process.stderr:  # the first chunks are single steps: it stops after one or two
+        if line.strip() == "flaxcnn-phase: train begin":
+            process.send_signal(signal.SIGTERM)
+            break
+    code, out, err = finish(process)
+    assert code == 128 + signal.SIGTERM, err
+    assert "input: host stream (grain; --config.input_pipeline" not in out
+    assert "input: host stream (grain; 0.3 MiB of uint8 is over the device budget of 0.0 MiB" \
+        in out, out
+    (step,) = checkpoint_steps(tmp_path)
+    assert 0 < step < FOLDER_STEPS, step
+    capsys.readouterr()
+    train_to_end(config_of("batchnorm", tfds_dir, **stream_settings(streamed_folder)), tmp_path)
+    assert f"step {step}, epoch 0 + {step} steps" in capsys.readouterr().out
+    assert metrics_without_timing(tmp_path) == metrics_without_timing(streamed_here)
+    assert_bit_identical(latest(tmp_path), latest(streamed_here))
+
+
+def test_a_streamed_folder_trains_alike_in_two_processes_without_tensorflow(
+        streamed_folder, streamed_here, tfds_dir, tmp_path):
+    """2 processes x 2 devices, each reading its devices' part of each step from the cache, train
+    as 1 x 4 did, to round-off."""
+    port, workdir = free_port(), tmp_path / "two"
+    procs = [launch_train(workdir, tfds_dir, *stream_flags(streamed_folder),
+                          f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                          f"--process_id={i}", "--initialization_timeout=60", devices=2,
+                          hide_tensorflow=True) for i in range(2)]
+    for rc, out, err in finish_all(procs):
+        assert rc == 0, f"exit {rc}\n{out}\n{err}"
+    got, want = records(workdir), records(streamed_here)
+    assert [(r["epoch"], r["step"], r["test_examples"]) for r in got] == [
+        (r["epoch"], r["step"], r["test_examples"]) for r in want] == [(1, FOLDER_STEPS, 12)]
+    for g, w in zip(got, want):
+        for key in ("train_loss", "test_loss"):
+            assert abs(g[key] - w[key]) <= TOLERANCE * max(1.0, abs(w[key])), (key, g, w)
+    (step, state), (_, want_state) = final_state(workdir), final_state(streamed_here)
+    assert step == FOLDER_STEPS
+    differences = [max_abs_difference(state[k], want_state[k]) for k in ("params", "batch_stats")]
+    print(f"max |difference| against one process: {differences}")
+    assert max(differences) <= TOLERANCE

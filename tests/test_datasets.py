@@ -107,10 +107,9 @@ def test_idx_route_reads_the_files_once(tmp_path, monkeypatch):
     dataset = datasets.resolve("fashion_mnist", data_dir=str(tmp_path / "tfds"),
                                idx_dir=str(directory))
     assert len(reads) == 4  # once each, into memory
-    for epoch in range(2):  # every epoch and evaluation reads the arrays, not the files
-        assert len(list(dataset.stream_train(batch_size=10, image_size=28, seed=0,
-                                             epoch=epoch))) == 5
-        assert sum(b["mask"].sum() for b in dataset.stream_eval(batch_size=8, image_size=28)) == 20
+    for _ in range(2):  # every read of the examples reads the arrays, not the files
+        assert len(dataset.examples("train").read(np.arange(50))[1]) == 50
+        assert len(dataset.examples("test").read(np.arange(20))[1]) == 20
     np.testing.assert_array_equal(dataset.load_arrays("test")[0][..., 0], arrays["test"][0])
     assert len(reads) == 4
 
@@ -212,62 +211,25 @@ def test_mock_data(name, shape, tmp_path, monkeypatch):
     assert [b["mask"].sum() for b in batches] == [5, 5, 2]
 
 
-# --- streaming -------------------------------------------------------------------------------
+# --- random access for the host stream --------------------------------------------------------
 
 
-def _train(sample_dir, **kwargs):
-    kwargs = {"batch_size": 64, "image_size": 28, "seed": 0, "epoch": 0, **kwargs}
-    shard = {k: kwargs.pop(k) for k in ("process_index", "process_count") if k in kwargs}
-    return list(datasets.resolve(SAMPLE, data_dir=sample_dir, **shard).stream_train(**kwargs))
-
-
-def test_stream_train_order(sample_dir):
-    a, b = _train(sample_dir), _train(sample_dir)
-    # ceil(1003 / 64) batches, the last padded to 64 with its 43 examples first
-    assert len(a) == 16 == datasets.resolve(SAMPLE, data_dir=sample_dir).train_batches_per_epoch(64)
-    assert a[0]["image"].shape == (64, 28, 28, 1) and a[0]["image"].dtype == np.uint8
-    assert a[0]["label"].shape == (64,) and a[0]["label"].dtype == np.int32
-    assert [b["mask"].sum() for b in a] == [64] * 15 + [43] and a[-1]["mask"][:43].all()
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["label"], y["label"])
-    other_epoch = _train(sample_dir, epoch=1)
-    assert not np.array_equal(a[0]["image"], other_epoch[0]["image"])
-    skipped = _train(sample_dir, skip_batches=3)
-    assert len(skipped) == len(a) - 3
-    for x, y in zip(a[3:], skipped):
-        np.testing.assert_array_equal(x["image"], y["image"])
-    # An epoch holds every example once (it is a shuffle of the split, not a resample).
-    labels = np.concatenate([x["label"][x["mask"]] for x in a])
-    np.testing.assert_array_equal(np.bincount(labels),
-                                  [107, 105, 88, 92, 95, 100, 100, 115, 102, 99])
-    flat = np.concatenate([x["image"][x["mask"]].reshape(-1, 28 * 28) for x in a])
-    assert len(np.unique(flat, axis=0)) == len(flat) == 1003
-
-
-def test_stream_train_resizes_and_shards(sample_dir):
-    shards = [_train(sample_dir, image_size=32, batch_size=100, process_index=i, process_count=3)
+def test_examples_read_any_indices_of_the_whole_split_or_this_process_shard(sample_dir,
+                                                                             sample_test):
+    images, labels = sample_test
+    whole = datasets.resolve(SAMPLE, data_dir=sample_dir).examples("test")
+    indices = np.array([7, 3, 3, 1002, 0])
+    got_images, got_labels = whole.read(indices)
+    np.testing.assert_array_equal(got_images, images[indices])
+    np.testing.assert_array_equal(got_labels, labels[indices])
+    assert got_labels.dtype == np.int32 and len(whole) == 1003
+    # Three processes: 335 / 334 / 334 test examples, in order; the whole train split for each.
+    shards = [datasets.resolve(SAMPLE, data_dir=sample_dir, process_index=i, process_count=3)
               for i in range(3)]
-    # 335, 334 and 334 examples: 4 batches each, the last partial
-    assert [[b["mask"].sum() for b in s] for s in shards] == (
-        [[100] * 3 + [35]] + [[100] * 3 + [34]] * 2)
-    batches = shards[1]
-    assert batches[0]["image"].shape == (100, 32, 32, 1) and batches[0]["image"].dtype == np.uint8
-
-
-def test_stream_eval_covers_every_example_once(sample_dir, sample_test):
-    batches = list(datasets.resolve(SAMPLE, data_dir=sample_dir).stream_eval(batch_size=100, image_size=28))
-    assert len(batches) == 11
-    assert all(b["image"].shape == (100, 28, 28, 1) and b["mask"].dtype == bool for b in batches)
-    assert batches[-1]["mask"].sum() == 3 and batches[-1]["mask"][:3].all()
-    mask = np.concatenate([b["mask"] for b in batches])
-    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[mask], sample_test[0])
-    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], sample_test[1])
-    # Three processes: 335 / 334 / 334 examples, the same number of batches each.
-    shards = [list(datasets.resolve(SAMPLE, data_dir=sample_dir, process_index=i, process_count=3).stream_eval(batch_size=100, image_size=28)) for i in range(3)]
-    assert [len(s) for s in shards] == [4, 4, 4]
-    labels = np.concatenate([b["label"][b["mask"]] for s in shards for b in s])
-    np.testing.assert_array_equal(labels, sample_test[1])
+    assert [len(s.examples("test")) for s in shards] == [335, 334, 334]
+    np.testing.assert_array_equal(np.concatenate([s.examples("test").all_labels()
+                                                  for s in shards]), labels)
+    assert len(shards[2].examples("train", whole=True)) == 1003
 
 
 # --- damaged inputs: one line naming the file, and nothing left that poisons the next run -----
@@ -358,15 +320,24 @@ def assert_test_digits(images, labels):
 
 
 def test_a_tfds_array_record_dataset_is_read_through_its_data_source(tfds_prepared):
+    from flaxcnn.datasets import tfds_route
+
     dataset = datasets.resolve(TFDS_TEST_NAME, data_dir=tfds_prepared["array_record"])
-    assert isinstance(dataset, datasets.ArrayDataset)  # in memory: the device pipeline's arrays
+    assert isinstance(dataset, tfds_route.SourceDataset)  # random access, nothing read yet
     assert (dataset.info.num_train, dataset.info.num_test, dataset.info.image_shape) == (
         20, 20, (28, 28, 1))
-    images, labels = dataset.load_arrays("train")
+    images, labels = dataset.load_arrays("train")  # for the device pipeline
     assert images.dtype == np.uint8 and images.shape == (20, 28, 28, 1)
     assert_test_digits(images, labels)
+    examples = dataset.examples("test")  # for the host stream
+    some_images, some_labels = examples.read(np.array([5, 0, 5]))
+    all_images, all_labels = dataset.load_arrays("test")
+    np.testing.assert_array_equal(some_images, all_images[[5, 0, 5]])
+    np.testing.assert_array_equal(some_labels, all_labels[[5, 0, 5]])
+    second = dataclasses.replace(dataset, process_index=1, process_count=2)
+    np.testing.assert_array_equal(second.load_arrays("test")[1], all_labels[10:])
     tfrecord = datasets.resolve(TFDS_TEST_NAME, data_dir=tfds_prepared["tfrecord"])
-    assert not isinstance(tfrecord, datasets.ArrayDataset)  # read by tf.data
+    assert not hasattr(tfrecord, "examples")  # read by tf.data
     assert_test_digits(*tfrecord.load_arrays("test"))
 
 

@@ -1,5 +1,6 @@
-"""Input pipelines: on-device data, evaluation coverage, chunk sizing, and the one interface that the
-device pipeline and the tf.data stream share (on the bundled sample)."""
+"""Input pipelines: on-device data, evaluation coverage, chunk sizing, the one interface that the
+device pipeline and the host stream share (on the bundled sample), and the host stream giving the
+device pipeline's steps exactly, each process reading only its devices' part of each step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +72,9 @@ def make_pipeline(kind, dataset, batch=64):
     if kind == "device":
         return pipelines.DevicePipeline(dataset.load_arrays("train"), dataset.load_arrays("test"),
                                         cfg, steps_per_epoch=steps, num_test=dataset.info.num_test)
-    return pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=steps, seed=0)
+    return pipelines.HostStreamPipeline(dataset.examples("train", whole=True),
+                                        dataset.examples("test"), cfg, steps_per_epoch=steps,
+                                        num_test=dataset.info.num_test)
 
 
 @pytest.mark.parametrize("kind", ["device", "stream"])
@@ -93,3 +96,53 @@ def test_both_pipelines_train_evaluate_and_preview_alike(kind, sample):
     assert images.shape == (18, 28, 28, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(labels, sample.load_arrays("test")[1])
     assert test_sums["correct"] == int((predictions == labels).sum())
+
+
+def test_the_host_stream_trains_exactly_as_the_device_pipeline(sample):
+    fresh = training.RunState.fresh(lenet_state(lr=0.05), seed=0)
+    ends = {}
+    for kind in ("device", "stream"):
+        pipeline = make_pipeline(kind, sample)
+        state = replicas.replicate(fresh)
+        for state, step in pipeline.train_chunks(state, epoch=1, start_step=10):
+            pass
+        ends[kind] = replicas.unreplicate(state)
+    for a, b in zip(jax.tree.leaves(ends["device"].train.params),
+                    jax.tree.leaves(ends["stream"].train.params)):
+        np.testing.assert_array_equal(a, b)
+    # steps 10..15 of 16: the last holds the epoch's 43 last examples
+    assert replicas.host_sums(replicas.replicate(ends["stream"].totals))["count"] == 5 * 64 + 43
+
+
+def test_each_process_reads_only_its_devices_part_of_each_step(sample):
+    pipeline = make_pipeline("stream", sample)
+    order = np.random.default_rng(0).permutation(1003)
+    whole = next(pipeline.train_batches(order, start_step=2))
+    reads = []
+    examples = sample.examples("train", whole=True)
+    pipeline.train = type("Counted", (), {"read": lambda self, i: reads.append(i) or
+                                          examples.read(i)})()
+    pipeline.positions = np.array([2, 3])  # process 1 of 2, two devices each
+    half = next(pipeline.train_batches(order, start_step=2))
+    np.testing.assert_array_equal(reads[0], order[2 * 64 + 32: 3 * 64])
+    np.testing.assert_array_equal(half["image"], whole["image"][2:])
+    np.testing.assert_array_equal(half["label"], whole["label"][2:])
+
+
+def test_the_tf_data_stream_trains_and_evaluates_a_tfrecord_dataset(tmp_path):
+    """tfds datasets stored as tfrecord are what tf.data is left for: 20 examples, batch 8, so
+    3 steps, the last with 4 real examples; every test example evaluated once."""
+    from tests.data_helpers import TFDS_TEST_NAME, tfds_test_builder
+
+    tfds_test_builder()(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+    dataset = datasets.resolve(TFDS_TEST_NAME, data_dir=str(tmp_path))
+    assert not hasattr(dataset, "examples")
+    cfg = training.StepConfig(image_size=28, dtype=jnp.float32, batch_per_device=2,
+                              eval_batch_per_device=2)
+    pipeline = pipelines.StreamPipeline(dataset, cfg, steps_per_epoch=3, seed=0)
+    state = replicas.replicate(training.RunState.fresh(lenet_state(), seed=0))
+    for state, step in pipeline.train_chunks(state, epoch=0, start_step=0):
+        pass
+    assert step == 3 and replicas.host_sums(state.totals)["count"] == 20
+    sums, predictions = pipeline.evaluate(state)
+    assert sums["count"] == 20 and predictions.shape == (20,)

@@ -1,16 +1,16 @@
-"""A resolved dataset held as arrays: the bundled sample, IDX files, image folders, tfds data sources.
+"""A resolved dataset held as arrays: the bundled sample, IDX files, image folders.
 
-Everything that fits in memory ends up here as uint8 (N, H, W, C) images and int32 labels, so the
-device pipeline needs nothing but numpy to get its data. Only streaming these arrays through tf.data
-(``--config.input_pipeline=stream``) imports TensorFlow, and only then.
+Every such dataset ends up here as uint8 (N, H, W, C) images and int32 labels, in memory or
+memory-mapped from disk (an image folder's cache), so both the device pipeline and the host stream
+need nothing but numpy to get their data; neither imports TensorFlow.
 
-Any reader that yields arrays plugs in with :meth:`ArrayDataset.from_arrays`.
+Any reader that yields arrays plugs in with :meth:`ArrayDataset.from_arrays`. :class:`Examples` is
+what the host stream reads: random access to a split by example index.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
 
 import numpy as np
 
@@ -65,10 +65,11 @@ class ArrayDataset:
     test: tuple[np.ndarray, np.ndarray]
     process_index: int = 0
     process_count: int = 1
+    storage: str = "in memory"  # where the arrays live, for the run's header
 
     @classmethod
     def from_arrays(cls, name: str, class_names, train, test, *, process_index: int = 0,
-                    process_count: int = 1) -> ArrayDataset:
+                    process_count: int = 1, storage: str = "in memory") -> ArrayDataset:
         """Checks and wraps whole splits: images uint8 (N, H, W) or (N, H, W, C), labels in
         [0, len(class_names))."""
         class_names = tuple(class_names)
@@ -83,7 +84,7 @@ class ArrayDataset:
                            channels=int(shapes["train"][-1]),
                            num_train=len(splits["train"][1]), num_test=len(splits["test"][1]))
         return cls(info=info, train=splits["train"], test=splits["test"],
-                   process_index=process_index, process_count=process_count)
+                   process_index=process_index, process_count=process_count, storage=storage)
 
     def train_batches_per_epoch(self, batch_size: int) -> int:
         """Batches of `batch_size` per epoch in each process, the last one partial (d2l's): the
@@ -95,32 +96,46 @@ class ArrayDataset:
         """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32 labels."""
         return self._shard(split)
 
-    def stream_train(self, *, batch_size: int, image_size: int, seed: int, epoch: int,
-                     skip_batches: int = 0) -> Iterator[dict]:
-        """One epoch of this process's train shard through tf.data; see
-        :func:`flaxcnn.datasets.streams.train_batches`."""
-        from flaxcnn.datasets import streams
+    def examples(self, split: str, *, whole: bool = False) -> Examples:
+        """Random access to this process's shard of 'train' or 'test' (`whole`: the whole split),
+        for the host stream."""
+        return Examples(*self._shard(split, process_count=1 if whole else None))
 
-        images, labels = self._shard("train")
-        return streams.train_batches(images, labels, batch_size=batch_size, image_size=image_size,
-                                     seed=seed, epoch=epoch, skip_batches=skip_batches,
-                                     num_batches=self.train_batches_per_epoch(batch_size))
-
-    def stream_eval(self, *, batch_size: int, image_size: int) -> Iterator[dict]:
-        """Every test example of this process's shard once; see
-        :func:`flaxcnn.datasets.streams.eval_batches`."""
-        from flaxcnn.datasets import streams
-
-        images, labels = self._shard("test")
-        return streams.eval_batches(images, labels, batch_size=batch_size, image_size=image_size,
-                                    num_test=self.info.num_test, process_count=self.process_count)
-
-    def _shard(self, split: str):
+    def _shard(self, split: str, process_count: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         images, labels = self.train if split == "train" else self.test
+        if process_count == 1:
+            return images, labels
         start, stop = shard_bounds(len(labels), self.process_index, self.process_count)
         return images[start:stop], labels[start:stop]
+
+
+class Examples:
+    """Random access to uint8 (N, H, W, C) images and int32 labels held as arrays, in memory or
+    memory-mapped: what the host stream (:class:`flaxcnn.pipelines.HostStreamPipeline`) reads."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.images.shape[1:])
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The examples at `indices` (any order, repeats allowed), as new arrays. They are read
+        in ascending order: from a memory-mapped file that is one pass over the file."""
+        indices = np.asarray(indices, np.int64)
+        order = np.argsort(indices, kind="stable")
+        images = np.empty((len(indices), *self.images.shape[1:]), np.uint8)
+        images[order] = self.images[indices[order]]
+        return images, np.asarray(self.labels[indices], np.int32)
+
+    def all_labels(self) -> np.ndarray:
+        return np.asarray(self.labels, np.int32)
 
 
 def _checked_split(name: str, split: str, images, labels, num_classes: int):

@@ -3,7 +3,8 @@
 In order:
 
 * ``folder:PATH``: an image folder, PATH/train/<class>/* and PATH/test/<class>/* (or valid/)
-  (:mod:`flaxcnn.datasets.folder`);
+  (:mod:`flaxcnn.datasets.folder`), decoded once into a memory-mapped cache
+  (:mod:`flaxcnn.datasets.folder_cache`);
 * ``idx_dir=DIR`` (for ``fashion_mnist`` or ``mnist``): the four official IDX files in DIR;
 * ``fashion_mnist_sample``: the bundled sample (``flaxcnn/sample_data/``, the same IDX files);
 * ``fashion_mnist`` / ``mnist`` that tfds has prepared in ``data_dir``: read as tfds stored them
@@ -60,13 +61,15 @@ def resolve(name, *, data_dir=None, idx_dir=None, process_index: int = 0,
     shard = {"process_index": process_index, "process_count": process_count}
     images_folder = folder_path(name)
     if images_folder:
-        from flaxcnn.datasets import folder  # Pillow, needed for image folders only
+        from flaxcnn.datasets import folder_cache  # Pillow, needed for image folders only
 
-        data = folder.load_folder(images_folder, data_dir=data_dir, store_size=folder_store_size,
+        data = folder_cache.load_folder(images_folder, data_dir=data_dir, store_size=folder_store_size,
                                   skip_bad=folder_skip_bad, progress=progress)
-        return ArrayDataset.from_arrays(f"folder:{images_folder}", data.class_names,
-                                        (data.train_images, data.train_labels),
-                                        (data.test_images, data.test_labels), **shard)
+        return ArrayDataset.from_arrays(
+            f"folder:{images_folder}", data.class_names, (data.train_images, data.train_labels),
+            (data.test_images, data.test_labels),
+            storage=f"memory-mapped from {data.cache_dir} ({data.nbytes / 2**30:.2f} GiB on disk)",
+            **shard)
     if idx_dir:
         if name not in IDX_DATASETS:
             raise DataError(

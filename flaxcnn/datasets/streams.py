@@ -1,7 +1,8 @@
-"""The tf.data stream of in-memory arrays: ``--config.input_pipeline=stream`` for the sample, IDX
-files or image folders. The only dataset code besides the tfds route that imports TensorFlow.
-
-Batches are numpy; the train order depends only on (seed, epoch), as in the tfds route.
+"""What the tf.data stream of a tfds dataset (:mod:`flaxcnn.datasets.tf_dataset`) is made of:
+TensorFlow imported only when it is needed, the order seed, the resize, the padded test batches.
+Only tfds datasets that tfds reads with TensorFlow alone (tfrecord files, images of varying size)
+take this route; arrays and ArrayRecord files are streamed without TensorFlow
+(:class:`flaxcnn.pipelines.HostStreamPipeline`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from flaxcnn.datasets.catalog import INSTALL_TENSORFLOW, DataError, tensorflow_i
 def tensorflow():
     """TensorFlow (configured by :mod:`flaxcnn.datasets.tf_setup`), or a one-line DataError."""
     if not tensorflow_installed():
-        raise DataError("the tf.data stream (--config.input_pipeline=stream) needs TensorFlow, "
-                        f"which is not installed: {INSTALL_TENSORFLOW}, or use "
-                        "--config.input_pipeline=device")
+        raise DataError("this dataset's tf.data stream needs TensorFlow, which is not installed: "
+                        f"{INSTALL_TENSORFLOW}")
     from flaxcnn.datasets import tf_setup
 
     return tf_setup.tensorflow()
@@ -48,40 +48,6 @@ def resize_fn(image_size: int, shape):
         return image, tf.cast(label, tf.int32)
 
     return fn
-
-
-def train_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, image_size: int,
-                  seed: int, epoch: int, num_batches: int, skip_batches: int = 0
-                  ) -> Iterator[dict]:
-    """One epoch of (images, labels) shuffled by (seed, epoch), as `num_batches` numpy batches.
-
-    Yields ``{'image': uint8 (batch_size, image_size, image_size, C), 'label': int32, 'mask':
-    bool}``, the last partial batch padded and fully-masked ones after it up to `num_batches` (see
-    :func:`padded`); ``skip_batches=k`` yields the same batches minus the first k.
-    """
-    tf = tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.shuffle(max(len(labels), 1), seed=order_seed(seed, epoch),
-                    reshuffle_each_iteration=False)
-    if skip_batches:
-        ds = ds.skip(int(skip_batches) * batch_size)
-    ds = ds.map(resize_fn(image_size, images.shape[1:]), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return padded(ds.as_numpy_iterator(), batch_size=batch_size, image_size=image_size,
-                  channels=images.shape[-1], num_batches=num_batches - skip_batches)
-
-
-def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, image_size: int,
-                 num_test: int, process_count: int) -> Iterator[dict]:
-    """This process's test shard once, in order, padded and masked (see :func:`padded`)."""
-    tf = tensorflow()
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.map(resize_fn(image_size, images.shape[1:]), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    return padded(ds.as_numpy_iterator(), batch_size=batch_size, image_size=image_size,
-                  channels=images.shape[-1],
-                  num_batches=eval_batch_count(len(labels), num_test, process_count, batch_size))
 
 
 def eval_batch_count(shard_size: int, num_test: int, process_count: int, batch_size: int) -> int:

@@ -1,15 +1,20 @@
 """Any other tfds image-classification dataset (``cifar10``, ...), or one tfds already prepared here.
 
 Preparing a tfds dataset needs TensorFlow, and so does reading one stored as tfrecord (tfds's
-default). One stored as ArrayRecord is read with ``tfds.data_source``, without TensorFlow, into
-arrays (:class:`~flaxcnn.datasets.dataset.ArrayDataset`) when it fits in memory. Without
+default) or one whose images vary in size: those are read by tf.data
+(:class:`~flaxcnn.datasets.tf_dataset.TfdsDataset`). One stored as ArrayRecord
+(``file_format='array_record'``) is a :class:`SourceDataset`: random access through
+``tfds.data_source``, without TensorFlow, read into arrays for the device pipeline or streamed by
+the host stream (:class:`flaxcnn.pipelines.HostStreamPipeline`), never read whole for it. Without
 TensorFlow, the other cases stop with one line saying how to install it.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -17,18 +22,18 @@ from tensorflow_datasets.core import registered as tfds_registered
 
 from flaxcnn.datasets.catalog import (INSTALL_TENSORFLOW, SAMPLE_NAME, DataError,
                                       tensorflow_installed)
-from flaxcnn.datasets.dataset import ArrayDataset, DatasetInfo
+from flaxcnn.datasets.dataset import SPLITS, DatasetInfo, shard_bounds
 from flaxcnn.datasets.tf_dataset import TfdsDataset
 from flaxcnn.datasets.tf_setup import configure_tfds, count, quiet, tensorflow
 from flaxcnn.errors import first_line
 
-IN_MEMORY_MAX_BYTES = 2 << 30  # ArrayRecord datasets up to this size are read into arrays
+READ_CHUNK = 1024  # examples a data source reads at a time when a whole split is asked for
 TFRECORD_FRAMING = 16  # bytes around each record of a tfrecord file: length, two checksums
 
 
 def resolve(name: str, *, data_dir, process_index: int, process_count: int, can_download,
             offline_message: str):
-    """The prepared tfds dataset `name`: an ArrayDataset (ArrayRecord files) or a TfdsDataset.
+    """The prepared tfds dataset `name`: a SourceDataset (ArrayRecord files) or a TfdsDataset.
 
     `can_download()` says whether the network is up; `offline_message` is the error's tail when
     it is not.
@@ -54,12 +59,14 @@ def resolve(name: str, *, data_dir, process_index: int, process_count: int, can_
     label = builder.info.features["label"]
     static = all(d is not None for d in shape)
     if str(builder.info.file_format).lower().endswith("array_record") and static:
-        arrays = {s: _read_data_source(builder, split) for s, split in splits.items()}
-        nbytes = sum(x.nbytes + y.nbytes for x, y in arrays.values())
-        if nbytes <= IN_MEMORY_MAX_BYTES or not has_tensorflow:
-            return ArrayDataset.from_arrays(name, label.names, arrays["train"], arrays["test"],
-                                            process_index=process_index,
-                                            process_count=process_count)
+        sources = {s: builder.as_data_source(split=split) for s, split in splits.items()}
+        info = DatasetInfo(name=name, num_classes=int(label.num_classes),
+                           class_names=tuple(label.names), image_shape=shape,
+                           channels=int(shape[-1]), num_train=len(sources["train"]),
+                           num_test=len(sources["test"]))
+        return SourceDataset(info=info, sources=sources, process_index=process_index,
+                             process_count=process_count,
+                             storage=f"read from the ArrayRecord files in {builder.data_dir}")
     if not has_tensorflow:
         raise DataError(f"dataset {name!r} in {builder.data_dir} is stored as "
                         f"{builder.info.file_format.value}, which tfds reads only with "
@@ -72,6 +79,71 @@ def resolve(name: str, *, data_dir, process_index: int, process_count: int, can_
     return TfdsDataset(info=info, builder=builder, train_split=splits["train"],
                        test_split=splits["test"], process_index=process_index,
                        process_count=process_count)
+
+
+class SourceExamples:
+    """Random access to examples [start, stop) of a tfds data source (ArrayRecord; no
+    TensorFlow), as :class:`flaxcnn.datasets.dataset.Examples` gives arrays."""
+
+    def __init__(self, source, shape, start: int = 0, stop: int | None = None):
+        self.source, self.shape = source, tuple(shape)
+        self.start, self.stop = start, len(source) if stop is None else stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def read(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        if not len(indices):
+            return np.zeros((0, *self.shape), np.uint8), np.zeros((0,), np.int32)
+        records = self.source.__getitems__((indices + self.start).tolist())
+        return (np.stack([r["image"] for r in records]).astype(np.uint8, copy=False),
+                np.array([r["label"] for r in records], np.int32))
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray]:
+        images = np.empty((len(self), *self.shape), np.uint8)
+        labels = np.empty((len(self),), np.int32)
+        for first in range(0, len(self), READ_CHUNK):
+            rows = np.arange(first, min(first + READ_CHUNK, len(self)))
+            images[rows], labels[rows] = self.read(rows)
+        return images, labels
+
+    def all_labels(self) -> np.ndarray:
+        return self.read_all()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceDataset:
+    """A tfds dataset stored as ArrayRecord, read through its data sources (no TensorFlow):
+    ``sources`` maps 'train' and 'test' to ``builder.as_data_source(split)``. Shards are
+    contiguous, as ``tfds.split_for_jax_process`` cuts them."""
+    info: DatasetInfo
+    sources: dict[str, Any]
+    process_index: int = 0
+    process_count: int = 1
+    storage: str = "read from ArrayRecord files"
+
+    def train_batches_per_epoch(self, batch_size: int) -> int:
+        """Batches of `batch_size` per epoch in each process, the same on every process."""
+        return (self.info.num_train // self.process_count) // batch_size
+
+    def load_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32
+        labels."""
+        return self.examples(split).read_all()
+
+    def examples(self, split: str, *, whole: bool = False) -> SourceExamples:
+        """Random access to this process's shard of `split` (`whole`: the whole split)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        source = self.sources[split]
+        start, stop = (0, len(source)) if whole else shard_bounds(
+            len(source), self.process_index, self.process_count)
+        return SourceExamples(source, self.info.image_shape, start, stop)
 
 
 def is_prepared(name: str, data_dir) -> bool:
@@ -189,16 +261,6 @@ def _resolve_split(builder, name: str, split: str) -> str:
         raise DataError(f"dataset {name!r} has no {split!r} split (it has "
                         f"{', '.join(sorted(known))})")
     return split
-
-
-def _read_data_source(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A whole split of an ArrayRecord dataset, decoded by tfds without TensorFlow."""
-    source = builder.as_data_source(split=split)
-    examples = source.__getitems__(range(len(source))) if len(source) else []
-    shape = tuple(builder.info.features["image"].shape)
-    images = np.stack([e["image"] for e in examples]) if examples else np.zeros((0, *shape))
-    labels = np.array([e["label"] for e in examples], np.int32)
-    return images.astype(np.uint8, copy=False), labels
 
 
 def _num_examples(builder, split: str) -> int:
