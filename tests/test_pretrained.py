@@ -352,7 +352,8 @@ def test_every_d2l_layout_places_each_variable_of_its_model_once():
 
 @pytest.mark.parametrize("kind, flax_shape", [
     (mappings.CONV, (3, 5, 4, 6)), (mappings.DENSE, (7, 3)), (mappings.VECTOR, (5,)),
-    (mappings.VGG_FC1, (512 * 4, 3)), (mappings.ALEXNET_FC1, (256 * 25, 3)), (mappings.LENET_FC1, (16 * 16, 3)),
+    (mappings.VGG_FC1, (512 * 49, 3)), (mappings.VGG_FC1, (128 * 49, 3)),
+    (mappings.ALEXNET_FC1, (256 * 25, 3)), (mappings.LENET_FC1, (16 * 16, 3)),
     (mappings.SCRATCH_BN_4D, (6,)), (mappings.SCRATCH_BN_2D, (84,)),
 ])
 def test_to_torch_gives_torchs_shape_and_to_flax_undoes_it(kind, flax_shape):

@@ -16,7 +16,8 @@ model's own variable tree, so every variable of the model has exactly one torch 
 
 A dense layer after a flattened feature map is where the layouts differ beyond names: torch
 flattens the map in NCHW order, flax in NHWC order, so that weight's columns are reordered (VGG's
-first dense layer after 512 x 7 x 7, d2l's AlexNet's after 256 x 5 x 5, LeNet's after 16 x 4 x 4). timm's
+first dense layer after 512 x 7 x 7 (128 x 7 x 7 at d2l's quarter width), d2l's AlexNet's after
+256 x 5 x 5, LeNet's after 16 x 4 x 4). timm's
 VGG checkpoints (hf-hub:timm/vgg16.tv_in1k) hold the same tensors as convolutions
 (pre_logits.fc1: 4096 x 512 x 7 x 7, pre_logits.fc2: 4096 x 4096 x 1 x 1, head.fc), which
 `timm_vgg_as_torchvision` renames and reshapes back. timm's ResNets and Inception-v3 use
@@ -44,8 +45,9 @@ CONV, DENSE, BN, VGG_FC1 = "conv", "dense", "bn", "vgg_fc1"
 ALEXNET_FC1, LENET_FC1 = "alexnet_fc1", "lenet_fc1"
 SCRATCH_BN_4D, SCRATCH_BN_2D = "scratch_bn_4d", "scratch_bn_2d"  # walker kinds of d2l's scratch layer
 VECTOR = "vector"
-# a dense layer after a flattened feature map: the map's channels (torch flattens them first)
-_FLATTENED_CHANNELS = {VGG_FC1: 512, ALEXNET_FC1: 256, LENET_FC1: 16}
+# a dense layer after a flattened square feature map: the map's side (torchvision's VGG pools it
+# to 7 x 7 whatever its channels; d2l's AlexNet and LeNet see 5 x 5 and 4 x 4 at d2l's image sizes)
+_FLATTENED_SIDE = {VGG_FC1: 7, ALEXNET_FC1: 5, LENET_FC1: 4}
 # the torch shape of one of d2l's scratch BatchNorm vectors (flax's are (C,))
 _SCRATCH_SHAPES = {SCRATCH_BN_4D: lambda c: (1, c, 1, 1), SCRATCH_BN_2D: lambda c: (1, c)}
 
@@ -298,7 +300,7 @@ def torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
     if kind == CONV:
         height, width, fan_in, fan_out = flax_shape
         return fan_out, fan_in, height, width
-    if kind == DENSE or kind in _FLATTENED_CHANNELS:
+    if kind == DENSE or kind in _FLATTENED_SIDE:
         return tuple(reversed(flax_shape))
     if kind in _SCRATCH_SHAPES:
         return _SCRATCH_SHAPES[kind](flax_shape[0])
@@ -307,8 +309,8 @@ def torch_shape(kind: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _flattened_map(kind: str, fan_in: int) -> tuple[int, int]:
     """(channels, side) of the square feature map a flattened dense layer of `kind` sees."""
-    channels = _FLATTENED_CHANNELS[kind]
-    return channels, int(round((fan_in // channels) ** 0.5))
+    side = _FLATTENED_SIDE[kind]
+    return fan_in // (side * side), side
 
 
 def to_flax(kind: str, tensor: np.ndarray) -> np.ndarray:
@@ -317,7 +319,7 @@ def to_flax(kind: str, tensor: np.ndarray) -> np.ndarray:
         return np.transpose(tensor, (2, 3, 1, 0))
     if kind == DENSE:
         return tensor.T
-    if kind in _FLATTENED_CHANNELS:  # torch flattens (channel, row, column), flax (row, column, channel)
+    if kind in _FLATTENED_SIDE:  # torch flattens (channel, row, column), flax (row, column, channel)
         fan_out, fan_in = tensor.shape
         channels, side = _flattened_map(kind, fan_in)
         return np.transpose(tensor.reshape(fan_out, channels, side, side), (2, 3, 1, 0)).reshape(fan_in, fan_out)
@@ -332,7 +334,7 @@ def to_torch(kind: str, array: np.ndarray) -> np.ndarray:
         return np.transpose(array, (3, 2, 0, 1))
     if kind == DENSE:
         return array.T
-    if kind in _FLATTENED_CHANNELS:
+    if kind in _FLATTENED_SIDE:
         fan_in, fan_out = array.shape
         channels, side = _flattened_map(kind, fan_in)
         return np.transpose(array.reshape(side, side, channels, fan_out), (3, 2, 0, 1)).reshape(fan_out, fan_in)
