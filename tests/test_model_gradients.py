@@ -7,7 +7,7 @@ The references (fixtures/gradients/<model>.json, made by fixtures/make_gradient_
 hold, for each parameter, the sum, the sum of squares and the dot product with a seeded vector of
 its gradient, and the loss; the weights, images and labels are made here with numpy from their
 names and seeds (fixtures/gradient_tensors.py), placed by flaxcnn's own name mapping
-(flaxcnn.pretrained.mappings), which the manifests' names check one to one. Dropout is off on
+(flaxcnn.pretrained.mappings; tests/test_pretrained.py checks it against the manifests' names). Dropout is off on
 both sides (its masks cannot be matched); BatchNorm normalizes with the batch's statistics. The
 step is the trainer's loss (training.train_step's: model.apply in train mode with batch_stats
 mutable, mean softmax cross-entropy) under jax.jit(jax.value_and_grad); the trainer's own
@@ -121,15 +121,6 @@ def largest_relative_difference(name, got, want):
         worst = max(worst, abs(got[key][0] - total) / bound, abs(got[key][2] - dot) / bound,
                     abs(got[key][1] - squares) / size**2)
     return worst
-
-
-@pytest.mark.parametrize("name", models.names())
-def test_the_mapping_names_every_tensor_of_the_pytorch_network_once(name):
-    manifest = reference(name)
-    with jax.enable_x64(True):
-        _, placed = variables_of(name, model_of(name))
-    torch_tensors = {key: tuple(shape) for key, shape, dtype in manifest["tensors"] if dtype != "int64"}
-    assert sorted(p.torch_name for p in placed) == sorted(torch_tensors)
 
 
 @pytest.mark.parametrize("name, batch", CASES)

@@ -340,6 +340,21 @@ def d2l_variables(name):
     return jax.eval_shape(lambda x: models.create(name).init(jax.random.key(0), x, train=False), image)
 
 
+@pytest.mark.parametrize("name", models.names())
+def test_every_mapping_names_each_tensor_of_the_pytorch_network_once(name):
+    """Against the names and shapes of the PyTorch networks of the gradient references (d2l's code,
+    torchvision's; fixtures/make_gradient_references.py) at the model's image size."""
+    manifest = json.loads((FIXTURES / "gradients" / f"{name}.json").read_text())
+    size = manifest["image_size"]
+    model = models.create(name, **models.spec(name).d2l_overrides)
+    image = jax.ShapeDtypeStruct((1, size, size, manifest["channels"]), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+    flat = traverse_util.flatten_dict(variables)
+    placed = {p.torch_name: mappings.torch_shape(p.kind, flat[(p.collection, *p.path)].shape)
+              for p in mappings.placements(name, variables["params"])}
+    assert placed == {key: tuple(shape) for key, shape, dtype in manifest["tensors"] if dtype != "int64"}
+
+
 def test_every_d2l_layout_places_each_variable_of_its_model_once():
     assert sorted(pretrained.d2l_layouts()) == sorted(n for n in models.names() if models.spec(n).layout == "d2l")
     for name in pretrained.d2l_layouts():
