@@ -150,7 +150,7 @@ def test_without_freezing_the_backbone_trains_too(tfds_dir, pictures, weights, t
     ({"init_from": "", "head_lr_multiplier": 10.0}, "head_lr_multiplier needs --config.init_from"),
     ({"init_from": "", "head_lr_multiplier": 1.0, "freeze": "backbone"},
      "freeze=backbone needs --config.init_from"),
-    ({"model": "resnet18"}, "model 'resnet18' has no pretrained weights .*tv_resnet18"),
+    ({"model": "resnet18"}, "no tensor '7.weight', which every checkpoint of resnet18 has .*tv_resnet18"),
 ])
 def test_fine_tuning_options_that_make_no_sense_are_one_line(overrides, message, tfds_dir,
                                                              pictures, weights, tmp_path):

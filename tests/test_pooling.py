@@ -104,3 +104,14 @@ def test_gradients_inside_a_pmapped_step_match_jax():
 def test_other_than_nhwc_and_2d_windows_is_refused(x_shape, window, strides):
     with pytest.raises(ValueError, match="NHWC array and 2-D windows"):
         max_pool(jnp.zeros(x_shape), window, strides)
+
+
+def test_a_window_holding_nan_pools_to_nan_under_differentiation_as_xlas_max():
+    """The differentiated forward is a running maximum; a NaN must not be skipped by it, or a
+    non-finite input would give a finite loss that the train step does not catch."""
+    x = jnp.ones((1, 4, 4, 1)).at[0, 1, 2, 0].set(jnp.nan)
+    pooled, vjp = jax.vjp(lambda x: max_pool(x, (2, 2), (2, 2)), x)
+    np.testing.assert_array_equal(pooled, nn.max_pool(x, (2, 2), (2, 2)))
+    assert np.isnan(pooled[0, 0, 1, 0])
+    gradient = np.asarray(vjp(jnp.ones_like(pooled))[0])
+    assert gradient[0, 1, 2, 0] == 1 and gradient.sum() == 4

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 from safetensors.numpy import save_file
 
 from flaxcnn import models, pretrained, summary
@@ -327,3 +328,78 @@ def test_summary_lists_where_each_tensor_goes(resnet18_file, capsys):
 def test_summary_reports_the_first_mismatch_in_one_line(resnet18_file):
     with pytest.raises(SystemExit, match=r"^error: .*torchvision's resnet18 is --config.model=tv_resnet18"):
         summary.main(["--model", "resnet18", "--init-from", str(resnet18_file)])
+
+
+# ------------------------------------------------------------------------------------ d2l's layouts
+
+
+def d2l_variables(name):
+    """The abstract variables of d2l-layout model `name` as d2l trains it (gray images, 10 classes)."""
+    size = mappings.LAYOUTS[name].image_size
+    image = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
+    return jax.eval_shape(lambda x: models.create(name).init(jax.random.key(0), x, train=False), image)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_every_mapping_names_each_tensor_of_the_pytorch_network_once(name):
+    """Against the names and shapes of the PyTorch networks of the gradient references (d2l's code,
+    torchvision's; fixtures/make_gradient_references.py) at the model's image size."""
+    manifest = json.loads((FIXTURES / "gradients" / f"{name}.json").read_text())
+    size = manifest["image_size"]
+    model = models.create(name, **models.spec(name).d2l_overrides)
+    image = jax.ShapeDtypeStruct((1, size, size, manifest["channels"]), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+    flat = traverse_util.flatten_dict(variables)
+    placed = {p.torch_name: mappings.torch_shape(p.kind, flat[(p.collection, *p.path)].shape)
+              for p in mappings.placements(name, variables["params"])}
+    assert placed == {key: tuple(shape) for key, shape, dtype in manifest["tensors"] if dtype != "int64"}
+
+
+def test_every_d2l_layout_places_each_variable_of_its_model_once():
+    assert sorted(pretrained.d2l_layouts()) == sorted(n for n in models.names() if models.spec(n).layout == "d2l")
+    for name in pretrained.d2l_layouts():
+        variables = d2l_variables(name)
+        placed = mappings.placements(name, variables["params"])
+        flat = ["/".join(key) for key in traverse_util.flatten_dict(variables)]
+        assert sorted(p.flax_name for p in placed) == sorted(flat), name
+        assert len({p.torch_name for p in placed}) == len(placed), name
+
+
+@pytest.mark.parametrize("kind, flax_shape", [
+    (mappings.CONV, (3, 5, 4, 6)), (mappings.DENSE, (7, 3)), (mappings.VECTOR, (5,)),
+    (mappings.VGG_FC1, (512 * 49, 3)), (mappings.VGG_FC1, (128 * 49, 3)),
+    (mappings.ALEXNET_FC1, (256 * 25, 3)), (mappings.LENET_FC1, (16 * 16, 3)),
+    (mappings.SCRATCH_BN_4D, (6,)), (mappings.SCRATCH_BN_2D, (84,)),
+])
+def test_to_torch_gives_torchs_shape_and_to_flax_undoes_it(kind, flax_shape):
+    array = np.random.default_rng(0).standard_normal(flax_shape)
+    tensor = mappings.to_torch(kind, array)
+    assert tensor.shape == mappings.torch_shape(kind, flax_shape)
+    np.testing.assert_array_equal(mappings.to_flax(kind, tensor), array)
+
+
+def test_flattened_dense_weights_follow_torchs_channel_first_flattening():
+    """Column c * side**2 + row * side + column of torch's weight reads the map's (row, column, c)."""
+    side, channels, fan_out = 5, 256, 2
+    torch_weight = np.random.default_rng(1).standard_normal((fan_out, channels * side * side))
+    feature_map = np.random.default_rng(2).standard_normal((side, side, channels))
+    torch_out = torch_weight @ feature_map.transpose(2, 0, 1).reshape(-1)
+    flax_out = feature_map.reshape(-1) @ mappings.to_flax(mappings.ALEXNET_FC1, torch_weight)
+    np.testing.assert_allclose(flax_out, torch_out, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "lenet_bn_scratch"])
+def test_a_d2l_state_dict_loads_into_its_layout_and_exports_back(name, tmp_path):
+    variables = d2l_variables(name)
+    flat = traverse_util.flatten_dict(variables)
+    rng = np.random.default_rng(3)
+    values = {key: rng.standard_normal(value.shape).astype(np.float32) for key, value in flat.items()}
+    state = {p.torch_name: mappings.to_torch(p.kind, values[(p.collection, *p.path)])
+             for p in mappings.placements(name, variables["params"])}
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    loaded = traverse_util.flatten_dict(pretrained.load(name, str(path)))
+    assert set(loaded) == set(values)
+    for key, value in values.items():
+        np.testing.assert_array_equal(loaded[key], value)
+

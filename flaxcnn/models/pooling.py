@@ -8,15 +8,21 @@ batch 128 that is about 290 ms of a 1.6 s train step on the 2-core development V
 "CPU: where the time goes").
 
 `max_pool` computes the same forward (the same `reduce_window`), and on the CPU backend a custom
-gradient: the forward pass also records, for every output, which window offset held its first
-maximum in row-major window order (an int8 array of the output's size, kept instead of the
-input), and the backward pass places each output's gradient at that offset, one padded copy per
-offset summed into the stride's phases, then interleaved. The choice of the first maximum is
-`select_and_scatter_add`'s (and PyTorch's), so the gradients are those of `jax.grad` through
-`nn.max_pool` up to the order in which overlapping windows' contributions are added
-(tests/test_pooling.py, for every pooling shape the models use). A window whose maximum is NaN
-passes no gradient (its loss is not finite, and the train step skips such a step). Other backends
-keep JAX's own gradient: the custom one was measured on XLA:CPU only.
+gradient: the differentiated forward pass computes the maximum as a running maximum over the
+window's offsets in row-major order, which a later offset replaces only where it is strictly
+greater, and so records in the same comparisons which offset held each output's first maximum (an
+int8 array of the output's size, kept instead of the input); the backward pass places each
+output's gradient at that offset, one padded copy per offset summed into the stride's phases, then
+interleaved. The choice of the first maximum is `select_and_scatter_add`'s (and PyTorch's), so the
+gradients are those of `jax.grad` through `nn.max_pool` up to the order in which overlapping
+windows' contributions are added (tests/test_pooling.py, for every pooling shape the models use;
+tests/test_model_gradients.py, every model whole under jit). The position is never found by
+comparing the input with a maximum computed elsewhere: inside a jitted network XLA may recompute
+the pooling's input (BatchNorm, ReLU) in more than one fused kernel with other roundings, and the
+windows whose values then differed in the last bit passed no gradient (issue 26: a fifth of
+ResNet-18's gradient at d2l's 96 px). A window with a NaN has a NaN maximum, as XLA's max, and
+sends its gradient to its last NaN (its loss is not finite, and the train step skips such a step).
+Other backends keep JAX's own gradient: the custom one was measured on XLA:CPU only.
 """
 import functools
 from collections.abc import Sequence
@@ -46,21 +52,31 @@ def _offsets(window):
     return [(i, j) for i in range(window[0]) for j in range(window[1])]
 
 
-def _first_maxima(x, y, window, strides, padding):
-    """For each output of the pooling, the index (in `_offsets`' order) of the first window
-    position that holds its maximum."""
+def _max_and_first(x, window, strides, padding):
+    """The pooling's output and, for each output, the index (in `_offsets`' order) of the first
+    window position that holds its maximum: a running maximum over the window's offsets, which a
+    later offset replaces only where it is strictly greater (or NaN, which wins as in XLA's max).
+    The maximum and its position come out of the same comparisons, so every window has exactly one
+    position whatever values XLA computes for the input here. (Comparing the input with a maximum
+    computed in another fused kernel is not safe: inside a jitted network XLA may recompute the
+    input, e.g. BatchNorm and ReLU, in each kernel with other roundings, and windows whose values
+    then differ in the last bit found no maximum and passed no gradient; tests/test_model_gradients.py.)"""
     (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
     padded = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
-    n, ho, wo, c = y.shape
+    n, h, w, c = padded.shape
+    ho, wo = (h - window[0]) // sh + 1, (w - window[1]) // sw + 1
     offsets = _offsets(window)
     index_type = jnp.int8 if len(offsets) < 127 else jnp.int32
-    first = jnp.full(y.shape, len(offsets), index_type)
-    for k in reversed(range(len(offsets))):  # the earliest offset is written last, so it wins
-        i, j = offsets[k]
+    best = first = None
+    for k, (i, j) in enumerate(offsets):
         seen = lax.slice(padded, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                          (1, sh, sw, 1))
-        first = jnp.where(seen == y, index_type(k), first)
-    return first
+        if best is None:
+            best, first = seen, jnp.zeros(seen.shape, index_type)
+        else:
+            replaces = (seen > best) | jnp.isnan(seen)
+            best, first = jnp.where(replaces, seen, best), jnp.where(replaces, index_type(k), first)
+    return best, first
 
 
 def _route_gradient(first, g, input_shape, window, strides, padding):
@@ -93,8 +109,7 @@ def _routed_max_pool(x, window, strides, padding, input_shape):
 
 
 def _routed_forward(x, window, strides, padding, input_shape):
-    y = nn.max_pool(x, window, strides, padding)
-    return y, _first_maxima(x, y, window, strides, padding)
+    return _max_and_first(x, window, strides, padding)
 
 
 def _routed_backward(window, strides, padding, input_shape, first, g):

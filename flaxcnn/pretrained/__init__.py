@@ -1,4 +1,5 @@
-"""ImageNet weights from torchvision and timm, loaded exactly into flaxcnn's torchvision layouts.
+"""ImageNet weights from torchvision and timm, loaded exactly into flaxcnn's torchvision layouts;
+state_dicts of d2l's PyTorch networks, loaded into flaxcnn's d2l layouts.
 
     variables = pretrained.load("resnet50", "hf-hub:timm/resnet50.tv_in1k")
     variables = pretrained.fit_to_task("resnet50", variables, fresh_variables)
@@ -7,8 +8,10 @@
 local .pth, .pt, .safetensors file), places every tensor into model `name`'s variables (mappings.py)
 and checks the correspondence both ways: a tensor the model has no place for, a variable no tensor
 fills, or a tensor of the wrong shape is one line naming it. The result is the model as the
-checkpoint trained it (its classes, RGB input, `model_fields(name)`): its logits equal torchvision's
-(tests/test_pretrained.py).
+checkpoint trained it (its classes, its input channels, `model_fields(name)`): its logits equal
+torchvision's (tests/test_pretrained.py). A d2l-layout model (resnet18, densenet, ...) loads a
+state_dict of d2l's PyTorch net under d2l's names (mappings.py), e.g. one saved from d2l's code
+after training on Fashion-MNIST (1 channel, 10 classes).
 
 `fit_to_task` then makes it the start of a run whose model may differ: with other classes the final
 layer (the registry's `head`) is the run's own fresh one, initialised as d2l 14.2 does (Xavier-
@@ -31,12 +34,18 @@ from flaxcnn.errors import UserError
 from flaxcnn.pretrained import mappings, readers
 from flaxcnn.pretrained.readers import TORCHVISION_WEIGHTS
 
-__all__ = ["load", "fit_to_task", "model_fields", "describe", "layouts", "TORCHVISION_WEIGHTS"]
+__all__ = ["load", "fit_to_task", "model_fields", "describe", "layouts", "d2l_layouts",
+           "TORCHVISION_WEIGHTS"]
 
 
 def layouts() -> list[str]:
     """The registry's models that load torchvision's and timm's weights."""
-    return list(mappings.LAYOUTS)
+    return [name for name in mappings.LAYOUTS if models.spec(name).layout == "torchvision"]
+
+
+def d2l_layouts() -> list[str]:
+    """The registry's models that load state_dicts of d2l's PyTorch networks."""
+    return [name for name in mappings.LAYOUTS if models.spec(name).layout == "d2l"]
 
 
 def model_fields(name: str, channels: int = 3) -> dict:
@@ -51,9 +60,7 @@ def model_fields(name: str, channels: int = 3) -> dict:
 def _layout(name: str) -> mappings.Layout:
     if name in mappings.LAYOUTS:
         return mappings.LAYOUTS[name]
-    twin = f"tv_{name}" if f"tv_{name}" in mappings.LAYOUTS else None
-    hint = f" (torchvision's {name} is --config.model={twin}; {name} is d2l's layout)" if twin else ""
-    raise UserError(f"model {name!r} has no pretrained weights{hint}; models that load them: "
+    raise UserError(f"model {name!r} has no weight mapping; models that load weights: "
                     f"{', '.join(mappings.LAYOUTS)}")
 
 
@@ -71,13 +78,24 @@ def _match(name: str, source: str, **model_overrides):
     _check_source_fits(name, source)
     state = mappings.timm_vgg_as_torchvision(readers.read_source(source))
     if layout.head_weight not in state:
+        twin = f"tv_{name}"
+        hint = (f" (torchvision's {name} is --config.model={twin}; {name} is d2l's layout)."
+                if twin in mappings.LAYOUTS and mappings.LAYOUTS[twin].head_weight in state
+                else "; is it a checkpoint of another network?")
         raise UserError(f"{source}: no tensor {layout.head_weight!r}, which every checkpoint of {name} "
-                        f"has; is it a checkpoint of another network? It holds {_first_names(state)}")
+                        f"has{hint} It holds {_first_names(state)}")
     model = models.create(name, num_classes=int(state[layout.head_weight].shape[0]),
                           **{**layout.model_fields, **model_overrides})
-    image = jax.ShapeDtypeStruct((1, layout.image_size, layout.image_size, 3), jnp.float32)
-    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+
+    def abstract_variables(channels):
+        image = jax.ShapeDtypeStruct((1, layout.image_size, layout.image_size, channels), jnp.float32)
+        return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+
+    abstract = abstract_variables(3)
     placed = mappings.placements(name, abstract["params"])
+    first_conv = next(p.torch_name for p in placed if p.path == layout.first_conv + ("kernel",))
+    if first_conv in state and np.ndim(state[first_conv]) == 4 and state[first_conv].shape[1] != 3:
+        abstract = abstract_variables(int(state[first_conv].shape[1]))  # e.g. d2l's gray images
     wanted = {p.torch_name for p in placed}
     _check_coverage(name, source, state, wanted, layout.optional_prefix)
     flat = traverse_util.flatten_dict(abstract)
@@ -112,7 +130,8 @@ def _check_coverage(name, source, state, wanted, optional_prefix) -> None:
 def load(name: str, source: str, **model_overrides) -> dict:
     """The variables ({"params", "batch_stats"}, float32 numpy arrays) of model `name` from the
     checkpoint `source`, for the model as the checkpoint has it: `models.create(name,
-    num_classes=<the checkpoint's>, **model_fields(name), **model_overrides)` on RGB images."""
+    num_classes=<the checkpoint's>, **model_fields(name), **model_overrides)` on images with the
+    first convolution's input channels."""
     placed, state, abstract = _match(name, source, **model_overrides)
     flat = {}
     for p in placed:
