@@ -173,16 +173,38 @@ def onnx_and_jax_logits(folder, images, tmp_path):
     return [(served[f"onnx{n}"], np.asarray(exported.call(images[:n]))) for n in BATCH_SIZES]
 
 
-@pytest.mark.skipif(not HAS_ONNX_TOOLS, reason="the onnx extra (jax2onnx, onnxruntime) is not installed")
-def test_the_onnx_export_gives_model_jaxs_logits_in_onnxruntime_at_any_batch_size(run, tmp_path):
-    out = tmp_path / "onnx"
+needs_onnx_tools = pytest.mark.skipif(not HAS_ONNX_TOOLS,
+                                      reason="the onnx extra (jax2onnx, onnxruntime) is not installed")
+
+
+@pytest.fixture(scope="module")
+def onnx_exported(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "lenet"
     assert export.main(["--workdir", str(run), "--out", str(out), "--format", "onnx"]) == 0
-    spec = json.loads((out / "model.json").read_text())
+    return out
+
+
+@needs_onnx_tools
+def test_the_onnx_export_gives_model_jaxs_logits_in_onnxruntime_at_any_batch_size(onnx_exported,
+                                                                                   tmp_path):
+    spec = json.loads((onnx_exported / "model.json").read_text())
     assert spec["files"] == {"jax_export": "model.jax", "onnx": "model.onnx"}
-    for served, expected in onnx_and_jax_logits(out, sample_test_images()[0][:max(BATCH_SIZES)],
-                                                tmp_path):
+    for served, expected in onnx_and_jax_logits(onnx_exported,
+                                                sample_test_images()[0][:max(BATCH_SIZES)], tmp_path):
         assert served.dtype == np.float32 and served.shape == expected.shape
         np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@needs_onnx_tools
+def test_the_books_onnx_and_jax_examples_run(onnx_exported):
+    text = (Path(REPO) / "docs" / "use-elsewhere.md").read_text()
+    examples = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                if "onnxruntime" in b or "deserialize" in b]
+    assert len(examples) == 2
+    for example in examples:
+        namespace = {}
+        exec(example.replace("runs/lenet-onnx", str(onnx_exported)), namespace)  # pylint: disable=exec-used
+        assert namespace["logits"].shape == (2, 10) and namespace["logits"].dtype == np.float32
 
 
 @pytest.mark.parametrize("missing", ["jax2onnx", "onnxruntime"])
@@ -196,10 +218,11 @@ def test_onnx_without_its_tools_is_one_line_and_writes_nothing(run, tmp_path, ca
     assert 'pip install "flaxcnn[onnx]"' in err and not out.exists()
 
 
-def test_max_pools_become_two_d_max_pools_onnxruntime_runs():
+@needs_onnx_tools
+def test_jax2onnxs_four_d_max_pools_become_two_d_ones():
     """jax2onnx's 4-D MaxPool (kernel (1, kh, kw, 1) over N, H, W, C) becomes the 2-D one on NCHW,
     with the same padding and strides, and nothing else changes."""
-    from onnx import helper, numpy_helper, TensorProto
+    from onnx import helper, numpy_helper
 
     node = helper.make_node("MaxPool", ["x6"], ["y6"], kernel_shape=[1, 3, 3, 1],
                             strides=[1, 2, 2, 1], pads=[0, 1, 1, 0, 0, 1, 1, 0])
@@ -213,7 +236,6 @@ def test_max_pools_become_two_d_max_pools_onnxruntime_runs():
     assert pool == {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
     assert model.graph.node[4].output == ["y6"] and model.graph.node[5] == other
     assert numpy_helper.to_array(model.graph.initializer[0]).tolist() == [0, 1]
-    assert TensorProto  # the proto module the rewrite builds on is importable
 
 
 # --- PyTorch state_dicts ---------------------------------------------------------------------
