@@ -168,9 +168,11 @@ def _torch_spec(model, variables, info, state) -> dict:
     return {
         "files": {"torch_state_dict": STATE_DICT},
         "network": _torch_network(model, variables, info),
-        "load": "net.load_state_dict({k: torch.from_numpy(v) for k, v in "
-                "safetensors.numpy.load_file('model.safetensors').items()}, strict=True); "
-                "net.eval()",
+        "load": "net.load_state_dict(safetensors.torch.load_file('model.safetensors'), "
+                "strict=True); net.eval()" + (
+                    "; d2l's from-scratch BatchNorm keeps moving_mean and moving_var as plain "
+                    "attributes, not state: pop those entries first and assign them to the layers"
+                    if any(key.endswith(".moving_mean") for key in state) else ""),
         "batch_norm": "running_mean and running_var are the statistics the run stored, written as "
                       "they are; num_batches_tracked is the run's step",
         "input": {"shape": [None, info.channels, info.image_size, info.image_size],
@@ -212,6 +214,7 @@ def _checked_onnx(forward, exported, input_shape) -> bytes:
     """model.onnx of `forward` (jax2onnx, from its jaxpr), run on a probe by onnxruntime in a
     fresh process, at batch sizes 1 and 2, and checked to give model.jax's logits."""
     import tempfile
+    from importlib.metadata import version
 
     from jax2onnx import to_onnx
 
@@ -220,9 +223,14 @@ def _checked_onnx(forward, exported, input_shape) -> bytes:
                                 jnp.uint8)
     with jax.disable_jit():  # jit calls inlined: jax2onnx 0.12's jit lowering fails on jax 0.12
         jaxpr = jax.make_jaxpr(forward)(spec)
-    with _quiet_converter():
-        model = to_onnx(lambda images: jax.extend.core.jaxpr_as_fun(jaxpr)(images)[0], [spec],
-                        model_name="flaxcnn", input_names=["images"], output_names=["logits"])
+    try:
+        with _quiet_converter():
+            model = to_onnx(lambda images: jax.extend.core.jaxpr_as_fun(jaxpr)(images)[0], [spec],
+                            model_name="flaxcnn", input_names=["images"], output_names=["logits"])
+    except Exception as e:  # pylint: disable=broad-except  # any converter failure is one line
+        raise UserError(f"jax2onnx {version('jax2onnx')} cannot convert this model on jax "
+                        f"{jax.__version__} ({first_line(e, with_type=True)}); export without "
+                        "--format (model.jax needs only jax)") from None
     _two_d_max_pools(model)
     data = model.SerializeToString()
     probe = np.random.default_rng(0).integers(0, 256, (3, *input_shape), dtype=np.uint8)
