@@ -1,19 +1,35 @@
-"""`python -m flaxcnn.export`: the run's forward function, reloaded where flaxcnn is not."""
+"""`python -m flaxcnn.export`: the run's forward function, reloaded where flaxcnn is not; its
+ONNX file in ONNX Runtime; its weights as a PyTorch state_dict, read back through
+flaxcnn.pretrained (what --config.init_from does) for every layout, and equal to the torchvision
+references (tests/fixtures/pretrained) where they came from them. None of it needs torch."""
+import dataclasses
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
 
 import flaxcnn
-from flaxcnn import export
+from flaxcnn import export, models, pretrained
 from flaxcnn.datasets import FASHION_MNIST_CLASSES
 from flaxcnn.errors import UserError
+from flaxcnn.pretrained import mappings
 from flaxcnn.runs import eval_logits
-from tests.conftest import REPO, sample_test_images
+from image_folders import make_folder, sample_images
+from tests.conftest import REPO, config_of, sample_test_images, train_to_end
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from pretrained_tensors import manifest, reference_input, reference_state  # noqa: E402
+
+HAS_ONNX_TOOLS = all(importlib.util.find_spec(name) for name in ("jax2onnx", "onnxruntime"))
 
 BATCH_SIZES = (1, 3, 8)
 
@@ -130,3 +146,269 @@ def test_the_readmes_reload_example_runs(exported):
     namespace = {}
     exec(example.replace("runs/lenet-export", str(exported)), namespace)  # pylint: disable=exec-used
     assert namespace["logits"].shape == (2, 10)
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+
+SERVE_ONNX = """
+import sys
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession(sys.argv[1] + "/model.onnx")
+images = np.load(sys.argv[2])
+np.savez(sys.argv[3], **{f"onnx{n}": session.run(["logits"], {"images": images[:n]})[0]
+                         for n in %(sizes)r})
+""" % {"sizes": BATCH_SIZES}
+
+
+def onnx_and_jax_logits(folder, images, tmp_path):
+    """model.onnx's logits (ONNX Runtime, a fresh process) and model.jax's, at every batch size."""
+    np.save(tmp_path / "images.npy", images)
+    done = subprocess.run([sys.executable, "-c", SERVE_ONNX, str(folder), str(tmp_path / "images.npy"),
+                           str(tmp_path / "onnx.npz")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = np.load(tmp_path / "onnx.npz")
+    exported = jax.export.deserialize((folder / "model.jax").read_bytes())
+    return [(served[f"onnx{n}"], np.asarray(exported.call(images[:n]))) for n in BATCH_SIZES]
+
+
+needs_onnx_tools = pytest.mark.skipif(not HAS_ONNX_TOOLS,
+                                      reason="the onnx extra (jax2onnx, onnxruntime) is not installed")
+
+
+@pytest.fixture(scope="module")
+def onnx_exported(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "lenet"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "onnx"]) == 0
+    return out
+
+
+@needs_onnx_tools
+def test_the_onnx_export_gives_model_jaxs_logits_in_onnxruntime_at_any_batch_size(onnx_exported,
+                                                                                   tmp_path):
+    spec = json.loads((onnx_exported / "model.json").read_text())
+    assert spec["files"] == {"jax_export": "model.jax", "onnx": "model.onnx"}
+    for served, expected in onnx_and_jax_logits(onnx_exported,
+                                                sample_test_images()[0][:max(BATCH_SIZES)], tmp_path):
+        assert served.dtype == np.float32 and served.shape == expected.shape
+        np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@needs_onnx_tools
+def test_the_books_onnx_and_jax_examples_run(onnx_exported):
+    text = (Path(REPO) / "docs" / "use-elsewhere.md").read_text()
+    examples = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                if "onnxruntime" in b or "deserialize" in b]
+    assert len(examples) == 2
+    for example in examples:
+        namespace = {}
+        exec(example.replace("runs/lenet-onnx", str(onnx_exported)), namespace)  # pylint: disable=exec-used
+        assert namespace["logits"].shape == (2, 10) and namespace["logits"].dtype == np.float32
+
+
+@pytest.mark.parametrize("missing", ["jax2onnx", "onnxruntime"])
+def test_onnx_without_its_tools_is_one_line_and_writes_nothing(run, tmp_path, capsys, monkeypatch,
+                                                               missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # find_spec and import now fail
+    out = tmp_path / "export"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "onnx"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--format onnx needs {missing}, which is not installed" in err
+    assert 'pip install "flaxcnn[onnx]"' in err and not out.exists()
+
+
+@needs_onnx_tools
+def test_a_model_jax2onnx_cannot_convert_is_one_line_and_writes_nothing(run, tmp_path, capsys,
+                                                                       monkeypatch):
+    import jax2onnx
+
+    def unsupported(*args, **kwargs):
+        raise NotImplementedError("[converter] No plugins registered for primitive 'reduce_precision'")
+
+    monkeypatch.setattr(jax2onnx, "to_onnx", unsupported)
+    out = tmp_path / "export"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "onnx"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot convert this model" in err
+    assert "No plugins registered for primitive 'reduce_precision'" in err and not out.exists()
+
+
+@needs_onnx_tools
+def test_jax2onnxs_four_d_max_pools_become_two_d_ones():
+    """jax2onnx's 4-D MaxPool (kernel (1, kh, kw, 1) over N, H, W, C) becomes the 2-D one on NCHW,
+    with the same padding and strides, and nothing else changes."""
+    from onnx import helper, numpy_helper
+
+    node = helper.make_node("MaxPool", ["x6"], ["y6"], kernel_shape=[1, 3, 3, 1],
+                            strides=[1, 2, 2, 1], pads=[0, 1, 1, 0, 0, 1, 1, 0])
+    other = helper.make_node("MaxPool", ["a"], ["b"], kernel_shape=[2, 2])
+    graph = helper.make_graph([node, other], "g", [], [])
+    model = helper.make_model(graph)
+    export._two_d_max_pools(model)
+    kinds = [n.op_type for n in model.graph.node]
+    assert kinds == ["Squeeze", "Transpose", "MaxPool", "Transpose", "Unsqueeze", "MaxPool"]
+    pool = {a.name: list(a.ints) for a in model.graph.node[2].attribute}
+    assert pool == {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    assert model.graph.node[4].output == ["y6"] and model.graph.node[5] == other
+    assert numpy_helper.to_array(model.graph.initializer[0]).tolist() == [0, 1]
+
+
+# --- PyTorch state_dicts ---------------------------------------------------------------------
+
+
+def flat(variables):
+    return {key: np.asarray(value) for key, value in traverse_util.flatten_dict(variables).items()}
+
+
+def assert_same_bits(a, b):
+    a, b = flat(a), flat(b)
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype == np.float32, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg="/".join(key))
+
+
+def test_a_torch_export_reads_back_bit_for_bit_through_init_from(run, tmp_path):
+    """lenet_bn (d2l's layout): the export is d2l's nn.Sequential state_dict, and what
+    --config.init_from makes of it (pretrained.load, then fit_to_task) is the run's variables."""
+    out = tmp_path / "torch"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "torch"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+    state = load_file(str(out / "model.safetensors"))
+    assert state["0.weight"].shape == (6, 1, 5, 5) and state["15.weight"].shape == (10, 84)
+    model, variables, info = flaxcnn.load_run(run)
+    assert state["1.num_batches_tracked"] == info.step
+    loaded = pretrained.load("lenet_bn", str(out / "model.safetensors"))
+    assert_same_bits(loaded, variables)
+    assert_same_bits(pretrained.fit_to_task("lenet_bn", loaded, variables), variables)
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["files"] == {"torch_state_dict": "model.safetensors"}
+    assert spec["network"].startswith("d2l's PyTorch net for lenet_bn") and "10 outputs" in spec["network"]
+    assert "written as they are" in spec["batch_norm"] and spec["step"] == info.step
+    assert spec["input"]["shape"] == [None, 1, 28, 28] and spec["input"]["layout"] == "NCHW"
+
+
+# Smaller images for the layouts whose dense layer sees the flattened final map (AlexNet 3x3,
+# the VGGs 2x2 instead of 5x5 and 7x7): the same reordering, a tenth of the 0.1-0.5 GB of weights.
+SMALLER_IMAGES = {"alexnet": 160, "vgg11": 64, "vgg13": 64, "vgg16": 64, "vgg19": 64}
+
+
+def fake_variables(name, channels, num_classes=7):
+    """Variables of model `name` as pretrained.load builds it (its layout's image size and model
+    fields), no two leaves alike and cheap to make."""
+    layout = mappings.LAYOUTS[name]
+    model = models.create(name, num_classes=num_classes, **layout.model_fields)
+    image = jax.ShapeDtypeStruct((1, layout.image_size, layout.image_size, channels), jnp.float32)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+    values = np.random.default_rng(0).standard_normal(2**16 + 7).astype(np.float32)
+    leaves, tree = jax.tree.flatten(abstract)
+    return jax.tree.unflatten(tree, [np.resize(values, leaf.shape) + np.float32(index)
+                                     for index, leaf in enumerate(leaves)])
+
+
+@pytest.mark.parametrize("name", list(mappings.LAYOUTS))
+def test_every_layouts_state_dict_reads_back_bit_for_bit(name, tmp_path, monkeypatch):
+    """Any variables of a model with a PyTorch layout: exported, read by pretrained.load, equal."""
+    if name in SMALLER_IMAGES:
+        monkeypatch.setitem(mappings.LAYOUTS, name, dataclasses.replace(
+            mappings.LAYOUTS[name], image_size=SMALLER_IMAGES[name]))
+    d2l = name in pretrained.d2l_layouts()
+    variables = fake_variables(name, channels=1 if d2l else 3)
+    path = tmp_path / "model.safetensors"
+    save_file(pretrained.state_dict(name, variables, batches_tracked=3), str(path))
+    assert_same_bits(pretrained.load(name, str(path)), variables)
+
+
+@pytest.mark.parametrize("name", [name for name in pretrained.layouts() if not name.startswith("vgg")])
+def test_the_torchvision_references_export_to_themselves(name, tmp_path):
+    """The committed references' tensors, loaded, export to the very tensors under torchvision's
+    names (num_batches_tracked included), so torchvision computes its reference logits from the
+    export; read back, the export gives them too. The VGGs' 120 M-value references take half a
+    minute each to make and load: their mapping's inverse is the round trip above, and
+    test_pretrained checks that loading them gives torchvision's logits."""
+    reference = reference_state(name)
+    path = tmp_path / "reference.safetensors"
+    save_file(reference, str(path))
+    exported = pretrained.state_dict(name, pretrained.load(name, str(path)), batches_tracked=7)
+    assert sorted(exported) == sorted(key for key, _, _ in manifest(name)["state_dict"]
+                                      if not key.startswith("AuxLogits."))
+    for key, value in exported.items():
+        assert value.dtype == reference[key].dtype
+        np.testing.assert_array_equal(value, reference[key], err_msg=key)
+    save_file(exported, str(tmp_path / "model.safetensors"))
+    model = models.create(name, num_classes=1000, **pretrained.model_fields(name))
+    images = reference_input(manifest(name)["image_size"]).transpose(0, 2, 3, 1)
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        pretrained.load(name, str(tmp_path / "model.safetensors")), images)
+    expected = np.load(Path(__file__).parent / "fixtures" / "pretrained" / f"{name}_logits.npy")
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_model_without_a_pytorch_layout_is_one_line(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.delitem(mappings.LAYOUTS, "lenet_bn")  # as a registry model with no layout is
+    out = tmp_path / "export"
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model 'lenet_bn' has no PyTorch layout" in err
+    assert "--format onnx or jax" in err and not out.exists()
+
+
+@pytest.mark.parametrize("format", ["torch", "onnx"])
+def test_a_folder_that_is_not_a_run_is_one_line_in_every_format(tmp_path, capsys, format):
+    if format == "onnx" and not HAS_ONNX_TOOLS:
+        pytest.skip("the onnx extra is not installed: its own one line comes first")
+    out = tmp_path / "out"
+    assert export.main(["--workdir", str(tmp_path), "--out", str(out), "--format", format]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no config.json, so it is not a flaxcnn run" in err
+    assert not out.exists()
+
+
+def test_an_earlier_torch_export_is_never_replaced(run, tmp_path, capsys):
+    out = tmp_path / "torch"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"earlier")
+    assert export.main(["--workdir", str(run), "--out", str(out), "--format", "torch"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds an export (model.safetensors)" in err
+    assert (out / "model.safetensors").read_bytes() == b"earlier"
+
+
+# --- the issue's "done when": a ResNet-18 fine-tuned on an image folder, taken elsewhere ----------
+
+
+@pytest.fixture(scope="module")
+def finetuned(tfds_dir, tmp_path_factory):
+    """configs/finetune.py (d2l 14.2) on an image folder at 32x32, from torchvision's layout (the
+    reference tensors), every layer trained, so the BatchNorm statistics moved too."""
+    base = tmp_path_factory.mktemp("finetune")
+    pictures = make_folder(base / "pictures", sample_images())
+    weights = base / "resnet18.safetensors"
+    save_file(reference_state("tv_resnet18"), str(weights))
+    workdir = base / "run"
+    train_to_end(config_of("finetune", tfds_dir, **{
+        "dataset": f"folder:{pictures}", "folder_store_size": 32, "image_size": 32,
+        "batch_size": 8, "num_epochs": 1, "init_from": str(weights), "plots": False}), workdir)
+    return workdir
+
+
+def test_a_finetuned_resnet18_exports_for_torchvision_and_onnx(finetuned, tmp_path):
+    model, variables, info = flaxcnn.load_run(finetuned)
+    assert not np.array_equal(variables["batch_stats"]["BatchNorm_0"]["mean"],
+                              reference_state("tv_resnet18")["bn1.running_mean"])
+    out = tmp_path / "torch"
+    export.export(finetuned, out, format="torch")
+    state = load_file(str(out / "model.safetensors"))
+    names = [key for key, _, _ in manifest("tv_resnet18")["state_dict"]]
+    assert sorted(state) == sorted(names) and state["fc.weight"].shape == (3, 512)
+    assert json.loads((out / "model.json").read_text())["network"] == \
+        "torchvision.models.resnet18(num_classes=3)"
+    assert_same_bits(pretrained.load("tv_resnet18", str(out / "model.safetensors")), variables)
+    if not HAS_ONNX_TOOLS:
+        return
+    export.export(finetuned, tmp_path / "onnx", format="onnx")
+    images = np.random.default_rng(1).integers(0, 256, (max(BATCH_SIZES), 32, 32, 3), np.uint8)
+    for served, expected in onnx_and_jax_logits(tmp_path / "onnx", images, tmp_path):
+        np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

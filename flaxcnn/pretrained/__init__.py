@@ -34,8 +34,8 @@ from flaxcnn.errors import UserError
 from flaxcnn.pretrained import mappings, readers
 from flaxcnn.pretrained.readers import TORCHVISION_WEIGHTS
 
-__all__ = ["load", "fit_to_task", "model_fields", "describe", "layouts", "d2l_layouts",
-           "TORCHVISION_WEIGHTS"]
+__all__ = ["load", "state_dict", "fit_to_task", "model_fields", "describe", "layouts",
+           "d2l_layouts", "TORCHVISION_WEIGHTS"]
 
 
 def layouts() -> list[str]:
@@ -137,6 +137,28 @@ def load(name: str, source: str, **model_overrides) -> dict:
     for p in placed:
         flat[(p.collection, *p.path)] = mappings.to_flax(p.kind, np.asarray(state[p.torch_name], np.float32))
     return traverse_util.unflatten_dict(flat)
+
+
+def state_dict(name: str, variables: dict, *, batches_tracked: int) -> dict[str, np.ndarray]:
+    """`load`'s inverse: model `name`'s variables as the state_dict of its PyTorch layout
+    ({torch name: float32 array}, each BatchNorm's num_batches_tracked = `batches_tracked`, int64),
+    through the same mapping, checked one to one. The BatchNorm statistics are written as stored."""
+    if name not in mappings.LAYOUTS:
+        raise UserError(f"model {name!r} has no PyTorch layout; models that have one: "
+                        f"{', '.join(mappings.LAYOUTS)}")
+    placed = mappings.placements(name, variables["params"])
+    flat = traverse_util.flatten_dict(variables)
+    if ({(p.collection, *p.path) for p in placed} != set(flat)
+            or len({p.torch_name for p in placed}) != len(placed)):
+        raise AssertionError(f"the mapping of {name} is not one to one with its variables")
+    state = {}
+    for p in placed:
+        state[p.torch_name] = np.ascontiguousarray(
+            mappings.to_torch(p.kind, np.asarray(flat[(p.collection, *p.path)], np.float32)))
+        if p.kind == mappings.VECTOR and p.torch_name.endswith(".running_var"):
+            module = p.torch_name.removesuffix(".running_var")
+            state[f"{module}.num_batches_tracked"] = np.asarray(batches_tracked, np.int64)
+    return state
 
 
 def describe(name: str, source: str, **model_overrides) -> list[tuple[str, tuple, str, tuple]]:
