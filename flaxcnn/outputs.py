@@ -158,15 +158,16 @@ class Outputs:
         if self.is_writer and line is not None:
             print(line, flush=True)
 
-    def finish(self, images, labels, predictions):
-        """predictions.png and confusion.png from the final model's test predictions."""
+    def finish(self, images, indices, labels, predictions):
+        """predictions.png (of `images`, the test images at `indices`) and confusion.png from the
+        final model's test predictions and all test labels."""
         if self.painter is None:
             return
         names = self.info.class_names
 
         def draw():
             with best_effort("draw", self.workdir / "predictions.png"):
-                plots.predictions(images, labels, predictions, names,
+                plots.predictions(images, labels[indices], predictions[indices], names,
                                   self.workdir / "predictions.png")
             with best_effort("draw", self.workdir / "confusion.png"):
                 plots.confusion(labels, predictions, names, self.workdir / "confusion.png")

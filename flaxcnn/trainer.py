@@ -367,8 +367,9 @@ class EpochLoop:
                 evaluated, predictions = evaluation_record(self.pipeline, state,
                                                            self.run.steps_per_epoch)
                 record = (self.outputs.records() or [evaluated])[-1]
-            images, labels = self.pipeline.preview(self.outputs.preview_count)
-            self.outputs.finish(images, labels, predictions)
+            images, indices, labels = self.pipeline.preview(self.outputs.preview_count,
+                                                            self.outputs.info.num_classes)
+            self.outputs.finish(images, indices, labels, predictions)
             self.outputs.wait_for_pictures()
         self.outputs.print_verdict(record)
         self.outputs.record_timing(self.chrono.report())

@@ -9,7 +9,7 @@ from tensorboard.util import tensor_util
 
 from flaxcnn import config_check, models, outputs, plots, trainer
 from flaxcnn.errors import UserError
-from tests.conftest import CHAPTER_CONFIGS, train_to_end
+from tests.conftest import (CHAPTER_CONFIGS, RUN, STEPS_PER_EPOCH, copy_run, train_to_end)
 from tests.data_helpers import write_idx_dir
 
 
@@ -109,6 +109,62 @@ def test_bad_config_is_a_clear_error(overrides, message, make_config, tmp_path):
     with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
         trainer.train_and_evaluate(config, tmp_path / "run")
     assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()  # the workdir it made is taken back, lock and all
+
+
+def test_a_failed_run_leaves_a_workdir_that_was_there_as_it_was(make_config, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    config = make_config("batchnorm", dataset=f"folder:{tmp_path / 'no-such-folder'}")
+    with pytest.raises(UserError, match="does not exist"):
+        trainer.train_and_evaluate(config, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_run_says_where_it_writes_what_it_trains_and_what_it_left(reference_run, run_config,
+                                                                     tmp_path, capsys):
+    copy_run(reference_run, tmp_path, epochs=RUN["num_epochs"] - 1)
+    train_to_end(run_config(learning_rate=0.05), tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert out[:5] == [
+        f"workdir   {tmp_path}",
+        "model     lenet_bn: 44,878 parameters (+ 452 BatchNorm statistics), 28x28x1 inputs",
+        "data      fashion_mnist_sample: 1,003 training and 1,003 test images, 10 classes",
+        f"training  batch 32 (global), {STEPS_PER_EPOCH} steps an epoch, {RUN['num_epochs']} "
+        "epochs, sgd at lr 0.05",
+        "devices   4 x cpu"]
+    step = (RUN["num_epochs"] - 1) * STEPS_PER_EPOCH
+    assert out[5].startswith(f"resuming from checkpoint {tmp_path / 'checkpoints' / str(step)}: "
+                             f"step {step}, epoch {RUN['num_epochs'] - 1}; changed from the "
+                             "checkpointed run: ")
+    assert "learning_rate 0.1 -> 0.05" in out[5] and "num_epochs" not in out[5]
+    assert out[-1] == (f"the run is in {tmp_path}: checkpoints/, config.json, confusion.png, "
+                       "curves.png, metrics.jsonl, predictions.png, run_info.json, "
+                       f"events.out.tfevents.* (TensorBoard: tensorboard --logdir {tmp_path})")
+
+
+def test_few_steps_an_epoch_are_warned_about_with_a_batch_that_gives_more(make_config, tmp_path,
+                                                                           capsys):
+    config = make_config("batchnorm", dataset="fashion_mnist_sample", batch_size=256,
+                         num_epochs=1, plots=False, tensorboard=False)
+    train_to_end(config, tmp_path)
+    steps = read_metrics(tmp_path)[0]["step"]
+    assert capsys.readouterr().err == (
+        f"warning: only {steps} steps an epoch (1,003 training images at batch 256): too few for a "
+        "model to learn much; --config.batch_size=100 or smaller gives 10 or more\n")
+    assert 1003 // 100 >= trainer.FEW_STEPS  # what it suggests does give 10
+
+
+def test_a_finished_workdir_run_again_says_so_in_one_line(reference_run, run_config, tmp_path,
+                                                         capsys):
+    copy_run(reference_run, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != ".flaxcnn-lock"}
+    record = train_to_end(run_config(), tmp_path)
+    assert record["epoch"] == RUN["num_epochs"]
+    assert capsys.readouterr().out == (
+        f"{tmp_path} already trained {RUN['num_epochs']} epochs; raise --config.num_epochs to go "
+        "on, or use another --workdir\n")
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")
+            if p.name != ".flaxcnn-lock"} == before
 
 
 @pytest.mark.parametrize("field,value,message", [
