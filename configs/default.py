@@ -22,7 +22,7 @@ def get_config():
     config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
     config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
     config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
-    config.folder_store_size = 256                     # folder:PATH images are kept as squares of this side (shorter side resized, centre crop)
+    config.folder_store_size = 256                     # folder:PATH images are kept as squares of the smaller of this side and their median shorter side (shorter side resized, centre crop)
     config.folder_skip_bad = False                     # folder:PATH: skip (and count) unreadable image files instead of stopping
     config.augment = "none"                            # on-device training augmentation: none, flip, crop_flip, d2l_finetune (flaxcnn.augment)
     config.normalize = "auto"                          # per-channel input normalization: none, imagenet (torchvision's mean/std), or auto (imagenet with init_from, else none)
