@@ -180,7 +180,7 @@ class StreamPipeline:
         def run_steps(state, first, count):
             del first  # the stream is already there
             for batch in itertools.islice(on_device, count):
-                state = self.train_batch(state, batch["image"], batch["label"])
+                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
             return state
 
         return timed_chunks(run_steps, state, start_step=start_step,

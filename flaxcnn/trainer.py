@@ -168,7 +168,7 @@ def build_run(config, dataset, resuming: bool) -> Run:
     augment.check_settings(config.augment, input_normalization(config), info.channels)
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = dataset.train_batches_per_epoch(local_batch)
-    if steps_per_epoch == 0 and not config.eval_only:
+    if info.num_train < config.batch_size and not config.eval_only:
         per_process = info.num_train // jax.process_count()
         where = f" ({per_process} per process)" if jax.process_count() > 1 else ""
         raise UserError(f"{info.name} has {info.num_train} training examples{where}, fewer than "
@@ -409,7 +409,10 @@ class EpochLoop:
         predictions)."""
         config, steps_per_epoch = self.config, self.run.steps_per_epoch
         train_seconds = time.perf_counter() - t0
-        train_loss, train_accuracy = mean_loss_and_accuracy(replicas.host_sums(state.totals))
+        train_sums = replicas.host_sums(state.totals)
+        train_loss, train_accuracy = mean_loss_and_accuracy(train_sums)
+        # the examples trained since `start_step` (every step before the last has a full batch)
+        examples = train_sums["count"] - start_step * config.batch_size
         with self.chrono.measure("evaluate"):
             test, predictions = evaluation_record(self.pipeline, state, steps_per_epoch)
         state = state.replace(totals=replicas.replicate(training.zero_totals()))
@@ -417,8 +420,7 @@ class EpochLoop:
                   "train_loss": train_loss, "train_accuracy": train_accuracy,
                   "test_loss": test["test_loss"], "test_accuracy": test["test_accuracy"],
                   "test_examples": test["test_examples"],
-                  "examples_per_sec": (steps_per_epoch - start_step) * config.batch_size
-                  / train_seconds,
+                  "examples_per_sec": examples / train_seconds,
                   "epoch_seconds": time.perf_counter() - t0,
                   "learning_rate": float(self.run.schedule(test["step"]))}
         with self.chrono.measure("outputs_and_checkpoints"):
