@@ -38,7 +38,7 @@ def test_every_config_learns_above_chance_in_the_first_epoch_of_its_sample_varia
     assert record["learning_rate"] == config.learning_rate
     assert json.loads((tmp_path / "config.json").read_text())["model"] == config.model
     assert (tmp_path / "checkpoints" / str(steps)).is_dir()
-    assert record["test_accuracy"] >= 0.3, record
+    assert record["test_accuracy"] >= 0.2, record  # twice chance, well above one class
 
 
 def test_lenet_bn_learns_the_real_fashion_mnist_sample(make_config, tmp_path):
