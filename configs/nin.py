@@ -22,15 +22,14 @@ The :sample variant learns on the bundled 1,003-image sample, offline, on a lapt
 What differs from the course: the bundled 1,003 training images instead of Fashion-MNIST's 60,000;
 68x68 images instead of 224 (NiN's smallest is 67); batch 32 instead of 128 (32 steps an epoch);
 Adam at 0.0003 instead of plain SGD at 0.1 (in one probe each on the sample, SGD at 0.05 and Adam at
-0.001 stayed at one class for 2-3 epochs, its final ReLU's outputs dead, and Adam at 0.0001 reached
-0.20 in 3 epochs at batch 16); 3 epochs instead of 10. NiN learns slowest of the chapter's networks
-here: expect about twice chance, not the others' 0.4-0.7. Measured with that command on the 2-core
-VM on 2026-12-07, seeds 0, 1, 2 (`--config.seed`), the VM shared with other work (load average 19-34
-on its 2 cores; LeNet-BN's :sample run took 11 s at load 1 and 125-191 s at such loads,
-BENCHMARKS.md): 247-486 s in all (the run's own timing), final test accuracy 0.192-0.261 (after the
-first epoch 0.090-0.176; chance is 0.1). The sample shows that the network learns and what its
-curves and mistakes look like; it cannot show the course's accuracy (60 times fewer training
-images), so d2l's band is not drawn for it.
+0.001 stayed at one class for 2-3 epochs and Adam at 0.0001 reached 0.20 in 3 epochs at batch 16); 3
+epochs instead of 10. NiN learns slowest of the chapter's networks here: expect about twice chance,
+not the others' 0.4-0.7. Measured with that command on the 2-core VM on 2026-12-07, seeds 0, 1, 2
+(`--config.seed`), the VM shared with other work (load average 19-34 on its 2 cores; LeNet-BN's
+:sample run took 11 s at load 1 and 125-191 s at such loads, BENCHMARKS.md): 247-486 s in all (the
+run's own timing), final test accuracy 0.192-0.261 (after the first epoch 0.090-0.176; chance is
+0.1). The sample shows that the network learns and what its curves and mistakes look like; it cannot
+show the course's accuracy (60 times fewer training images), so d2l's band is not drawn for it.
 """
 from configs import default
 
