@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from flaxcnn import cluster, replicas, training
+from flaxcnn import cluster, plots, replicas, training
 from flaxcnn.replicas import AXIS
 
 
@@ -156,9 +156,11 @@ class DevicePipeline:
                                               self.eval_steps)
         return replicas.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
 
-    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `count` test images and all test labels, in `evaluate`'s order."""
-        return self.test_images[:count], self.test_labels
+    def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(`count` test images spread over the classes (plots.spread_over_classes), their
+        indices, all test labels), in `evaluate`'s order."""
+        indices = plots.spread_over_classes(self.test_labels, count, num_classes)
+        return self.test_images[indices], indices, self.test_labels
 
 
 # ------------------------------------------------------------------------------- the host stream
@@ -337,14 +339,20 @@ class StreamPipeline:
             preds.append(replicas.local_array(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
 
-    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `count` test images and all test labels, in `evaluate`'s order."""
-        images, labels = [], []
+    def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As DevicePipeline.preview, in one pass over the test stream: only each class's first
+        images, the candidates, are kept."""
+        per_class = math.ceil(count / max(num_classes, 1))
+        kept, labels, seen = {}, [], collections.Counter()
         for batch in self._test_batches():
-            labels.append(batch["label"][batch["mask"]])
-            if sum(len(i) for i in images) < count:
-                images.append(batch["image"][batch["mask"]])
-        return np.concatenate(images)[:count], np.concatenate(labels)
+            for image, label in zip(batch["image"][batch["mask"]], batch["label"][batch["mask"]]):
+                if seen[int(label)] < per_class:
+                    kept[len(labels)] = image
+                seen[int(label)] += 1
+                labels.append(label)
+        labels = np.asarray(labels)
+        indices = plots.spread_over_classes(labels, count, num_classes)
+        return np.stack([kept[i] for i in indices]), indices, labels
 
     def _test_batches(self):
         return self.dataset.stream_eval(batch_size=self.local_eval_batch,

@@ -85,6 +85,19 @@ def test_a_mixed_folder_becomes_sorted_classes_and_uint8_rgb_squares(mixed, samp
     assert grey_jpeg < 8
 
 
+def test_images_are_kept_at_their_typical_shorter_side_never_larger(mixed, tmp_path):
+    # The folder's images are 28 pixels on their shorter side (28x28, 42x28, 28x50): a store size
+    # of 256 keeps them at 28, not upscaled 9 times.
+    data = folder_cache.load_folder(str(mixed), data_dir=str(tmp_path), store_size=256)
+    assert data.train_images.shape == (24, 28, 28, 3) and data.test_images.shape == (9, 28, 28, 3)
+    photos = []
+    for i, (width, height) in enumerate([(300, 200), (120, 90), (640, 480)]):
+        photos.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (width, height)).save(photos[-1])
+    assert folder.stored_side(photos, 256) == 200  # the median shorter side
+    assert folder.stored_side(photos, 64) == 64  # the store size, where it is smaller
+
+
 def test_a_grey_folder_with_valid_split_has_one_channel_and_a_progress_bar(tmp_path, sample,
                                                                            monkeypatch, capsys):
     root = make_folder(tmp_path / "grey", sample, kinds=["grey.png", "grey.jpg", "tall.jpg"],

@@ -92,9 +92,12 @@ def test_both_pipelines_train_evaluate_and_preview_alike(kind, sample):
     assert int(replicas.unreplicate(state.train.step)) == 13
     test_sums, predictions = pipeline.evaluate(state)
     assert test_sums["count"] == 1003 and predictions.shape == (1003,)
-    images, labels = pipeline.preview(18)
+    images, indices, labels = pipeline.preview(18, 10)
+    test_images, test_labels = sample.load_arrays("test")
     assert images.shape == (18, 28, 28, 1) and images.dtype == np.uint8
-    np.testing.assert_array_equal(labels, sample.load_arrays("test")[1])
+    np.testing.assert_array_equal(labels, test_labels)
+    np.testing.assert_array_equal(images, test_images[indices])
+    assert sorted(labels[indices[:10]]) == list(range(10))  # every class first
     assert test_sums["correct"] == int((predictions == labels).sum())
 
 

@@ -7,15 +7,20 @@ folders' names, sorted; both splits must have the same ones.
 
 What is stored, and why:
 
-* Every image becomes one uint8 array of ``store_size x store_size`` pixels: its shorter side is
-  resized to ``store_size`` (Pillow's bilinear filter, the long side truncated to whole pixels, as
-  torchvision's ``Resize(int)`` does on a PIL image), then the centre square is cropped (offsets
-  rounded as in torchvision's ``CenterCrop``). A square of one size is what lets the whole set sit
-  on the devices as one array with static shapes, as every other dataset does; 256 is the side
-  d2l 14.2 and torchvision's ImageNet recipe resize to before their 224 crops, so
-  ``flaxcnn.augment`` can cut 14.2's crops from it. The price: the sides of a non-square photo
-  beyond the centre square are not kept (d2l's test transform squashes the whole photo to
-  256x256 instead; we keep the aspect ratio).
+* Every image becomes one uint8 array of ``side x side`` pixels: its shorter side is resized to
+  ``side`` (Pillow's bilinear filter, the long side truncated to whole pixels, as torchvision's
+  ``Resize(int)`` does on a PIL image), then the centre square is cropped (offsets rounded as in
+  torchvision's ``CenterCrop``). A square of one size is what lets the whole set sit on the
+  devices as one array with static shapes, as every other dataset does.
+* ``side`` is the smaller of ``store_size`` (``--config.folder_store_size``, 256 by default) and
+  the images' typical shorter side: the median of the shorter sides of up to ``SIDE_SAMPLE``
+  files spread evenly over the folder (their headers only). So images are never stored larger
+  than they mostly are: a folder of 28-pixel scans stays at 28 (upscaling it would only make
+  every step, prediction and export work on more pixels with nothing new in them), while photos
+  are kept at 256, the side d2l 14.2 and torchvision's ImageNet recipe resize to before their 224
+  crops, so ``flaxcnn.augment`` can cut 14.2's crops from them. The price of the square: the sides
+  of a non-square photo beyond the centre square are not kept (d2l's test transform squashes the
+  whole photo to 256x256 instead; we keep the aspect ratio).
 * Channels: 1 if every image of both splits is grey (Pillow modes 1, L, LA, I, I;16, F), else 3;
   grey images in a colour set get three equal channels, palette images count as colour. Alpha is
   dropped, as torchvision's loader (``convert('RGB')``) drops it. EXIF orientation is applied, so
@@ -37,6 +42,7 @@ from PIL import Image, ImageOps
 from flaxcnn.datasets.catalog import DataError
 
 EVAL_SPLITS = ("test", "valid")  # the first one present is the evaluation split
+SIDE_SAMPLE = 256  # files whose header sizes set the stored side
 PROGRESS_FROM = 500  # files: smaller folders decode without a progress bar
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 IGNORED_FILES = frozenset({"Thumbs.db", "desktop.ini"})  # and every name starting with "."
@@ -122,3 +128,17 @@ def decode_file(path, height: int, width: int | None = None,
         image.draft(image.mode, (width, height))  # JPEG only: decode at a smaller scale
         image.load()
         return fit_image(image, height, width, channels)
+
+
+def stored_side(paths: list[str], store_size: int) -> int:
+    """The side images are stored at: the smaller of `store_size` and the median shorter side of
+    up to SIDE_SAMPLE of `paths`, spread evenly (unreadable files are left out here; decoding
+    reports them)."""
+    sides = []
+    for path in paths[::max(1, len(paths) // SIDE_SAMPLE)]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            pass
+    return min(store_size, int(np.median(sides))) if sides else store_size

@@ -1,8 +1,8 @@
 """An image folder decoded once into an on-disk cache of uint8 squares, in bounded memory.
 
 The images of ``--config.dataset=folder:PATH`` are stored as :mod:`flaxcnn.datasets.folder` fits
-them (``store_size`` squares, 1 or 3 channels), each split as one ``.npy`` array file that is
-memory-mapped, never loaded whole. Why ``.npy`` and not ArrayRecord: every stored image has the
+them (squares of the side :func:`flaxcnn.datasets.folder.stored_side` picks, 1 or 3
+channels), each split as one ``.npy`` array file that is memory-mapped, never loaded whole. Why ``.npy`` and not ArrayRecord: every stored image has the
 same shape, so image ``i`` is bytes ``[i * row, (i + 1) * row)`` of the file; reading a batch is a
 slice of the page cache with no per-record framing, compression or decoding, the decode threads
 write their rows in place in any order (which is what lets a killed decode resume), and numpy
@@ -176,13 +176,16 @@ class _Decode:
 
     def __init__(self, root, cache_dir, test_split, listing, store_size, skip_bad):
         self.root, self.cache_dir, self.test_split = root, cache_dir, test_split
-        self.store_size, self.skip_bad = store_size, skip_bad
+        self.skip_bad = skip_bad
         self.class_names = tuple(listing["train"])
         self.splits = ("train", test_split)
         self.files = [(split, label, rel) for split in self.splits
                       for label, name in enumerate(self.class_names)
                       for rel in listing[split][name]]
         self.counts = collections.Counter(split for split, _, _ in self.files)
+        # the cache is keyed by the asked store_size; the same files give the same side
+        self.store_size = folder.stored_side(
+            [os.path.join(root, rel) for _, _, rel in self.files], store_size)
 
     def run(self, progress: bool) -> FolderData:
         channels, unreadable = self._read_headers()
