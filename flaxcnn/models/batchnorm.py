@@ -20,6 +20,11 @@ from flaxcnn.models.input_size import check_input_size, smallest_input
 # pmap axis), which each block calls as `self.norm()(x)` for a new layer.
 ModuleDef = Any
 
+# The norm of a block built on its own, as d2l builds one (`Residual(3)`): flax's BatchNorm in
+# training mode with d2l's momentum and epsilon. Inside a network the network hands its blocks
+# its own (`network_norm`).
+block_norm = partial(nn.BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5)
+
 
 def network_norm(network: nn.Module, train: bool, layer: ModuleDef = nn.BatchNorm) -> ModuleDef:
     """The BatchNorm a network builds once per call and hands its blocks as their field `norm`:
