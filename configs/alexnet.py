@@ -15,8 +15,13 @@ English v1.0 edition: the same settings (it trains with d2l.Trainer and prints n
 """
 from configs import default
 
+# The :sample variant (see its docstring above): provisional settings, being measured.
+SAMPLE = dict(image_size=96, batch_size=32, learning_rate=0.01, num_epochs=10)
 
-def get_config():
+
+def get_config(variant: str = "course"):
+    """`variant` comes after the file name's colon: configs/alexnet.py:sample."""
+    variant = default.variant("configs/alexnet.py", variant, ("course", "sample"))
     config = default.get_config()
     config.model = "alexnet"
     config.image_size = 224
@@ -25,4 +30,4 @@ def get_config():
     config.optimizer = "sgd"
     config.learning_rate = 0.01
     config.reference_accuracy = (0.847, 0.88, 0.885)  # d2l's printed min, median, max (see above)
-    return config
+    return default.on_sample(config, **SAMPLE) if variant == "sample" else config

@@ -57,3 +57,28 @@ def get_config():
     config.reference_accuracy = ml_collections.config_dict.placeholder(tuple)  # d2l's printed (min, median, max) test acc
 
     return config
+
+
+def variant(path: str, name: str, choices) -> str:
+    """`name` (what comes after the config file's colon, e.g. configs/resnet.py:sample) if it is one
+    of `choices`; else a ValueError naming them, which train.py prints as one line."""
+    if name not in choices:
+        raise ValueError(f"unknown variant {name!r} of {path}; use "
+                         + " or ".join(f"{path}:{choice}" for choice in choices))
+    return name
+
+
+def on_sample(config, *, image_size: int, batch_size: int, learning_rate: float,
+              num_epochs: int):
+    """`config` moved to the bundled 1,003-image sample (fashion_mnist_sample) with settings under
+    which its model learns there in minutes on a laptop CPU. The course's batch sizes give 3 to 7
+    steps an epoch on 1,003 images, too few for any of the chapter's models to learn in 10 epochs;
+    a smaller batch gives more steps, a smaller image (where the network accepts it) makes each
+    step cheaper. d2l's band is for the full Fashion-MNIST at the course's settings, so it is unset."""
+    config.dataset = "fashion_mnist_sample"
+    config.image_size = image_size
+    config.batch_size = batch_size
+    config.learning_rate = learning_rate
+    config.num_epochs = num_epochs
+    config.reference_accuracy = None
+    return config

@@ -16,8 +16,13 @@ English v1.0 edition (d2l.Trainer; it prints no accuracy, only curves):
 """
 from configs import default
 
+# The :sample variant (see its docstring above): provisional settings, being measured.
+SAMPLE = dict(image_size=32, batch_size=32, learning_rate=0.1, num_epochs=10)
 
-def get_config():
+
+def get_config(variant: str = "course"):
+    """`variant` comes after the file name's colon: configs/densenet.py:sample."""
+    variant = default.variant("configs/densenet.py", variant, ("course", "sample"))
     config = default.get_config()
     config.model = "densenet"
     config.image_size = 96
@@ -26,4 +31,4 @@ def get_config():
     config.optimizer = "sgd"
     config.learning_rate = 0.1
     config.reference_accuracy = (0.755, 0.89, 0.919)  # d2l's printed min, median, max (see above)
-    return config
+    return default.on_sample(config, **SAMPLE) if variant == "sample" else config

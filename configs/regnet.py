@@ -10,8 +10,13 @@ no accuracy, only the training curves, so no accuracy is cited here.
 """
 from configs import default
 
+# The :sample variant (see its docstring above): provisional settings, being measured.
+SAMPLE = dict(image_size=32, batch_size=32, learning_rate=0.05, num_epochs=10)
 
-def get_config():
+
+def get_config(variant: str = "course"):
+    """`variant` comes after the file name's colon: configs/regnet.py:sample."""
+    variant = default.variant("configs/regnet.py", variant, ("course", "sample"))
     config = default.get_config()
     config.model = "regnetx32"
     config.image_size = 96
@@ -19,4 +24,4 @@ def get_config():
     config.num_epochs = 10
     config.optimizer = "sgd"
     config.learning_rate = 0.05
-    return config
+    return default.on_sample(config, **SAMPLE) if variant == "sample" else config
