@@ -9,9 +9,10 @@ hook drawing the plot; `start` makes the process-wide settings train.py makes at
 
 `REPOSITORY` is the one place that names the repository on GitHub: the notebooks' "Open in Colab"
 badges and install cells, and the book, use it (tests/test_notebook.py checks that they agree).
-With FLAXCNN_SMOKE=1 in the environment every experiment is shrunk to one epoch (two where the
-experiment asks for more) at the network's smallest input, so that the test suite runs every
-notebook top to bottom in seconds; the shapes printed before training are unchanged.
+With FLAXCNN_SMOKE=1 in the environment every experiment is shrunk to the first SMOKE_IMAGES
+training and test images of the bundled sample, one epoch (two where the experiment asks for
+more), at the network's smallest input (at least 16 pixels), so that the test suite runs every
+notebook top to bottom quickly; the shapes printed before training are unchanged.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 REPOSITORY = "YOUR-ACCOUNT/flaxcnn"  # owner/name on GitHub; a placeholder until it is published
 SMOKE_VARIABLE = "FLAXCNN_SMOKE"
+SMOKE_IMAGES = 64
 SAMPLE_DESCRIPTION = "the bundled 1,003-image Fashion-MNIST sample"
 FULL_DESCRIPTION = "the full Fashion-MNIST (60,000 training, 10,000 test images)"
 
@@ -119,19 +121,16 @@ class Section:
             from flaxcnn import models
 
             config.num_epochs = 2 if longer else 1
+            config.dataset, config.idx_dir = "fashion_mnist", smoke_data()
             model = models.create(config.model, **config.model_overrides.to_dict())
             config.image_size = max(model.min_input_size, 16)
         return config
 
     def command(self, **overrides) -> str:
-        """The same experiment as a train.py command (without FLAXCNN_SMOKE's shrinking)."""
-        flags = []
-        for key, value in overrides.items():
-            items = value.items() if key == "model_overrides" else [(None, value)]
-            for field, item in items:
-                name = f"{key}.{field}" if field else key
-                text = str(item).lower() if isinstance(item, bool) else str(item).replace(" ", "")
-                flags.append(f"--config.{name}={text}")
+        """The same experiment as a train.py command (without FLAXCNN_SMOKE's shrinking);
+        `overrides`: config fields that take a plain value."""
+        flags = [f"--config.{key}={str(value).lower() if isinstance(value, bool) else value}"
+                 for key, value in overrides.items()]
         return " ".join(["python train.py --config", f"configs/{self.config_file_argument}", *flags])
 
     def train(self, config=None, *, plot: bool = True) -> dict:
@@ -166,6 +165,32 @@ class Section:
         where = "" if self.full_data else "; this run is on the sample, not comparable"
         return (f"d2l's builds printed test acc {band.describe()} on the full Fashion-MNIST "
                 f"({settings}){where}")
+
+
+def smoke_data() -> str:
+    """A folder (made once per process) holding the first SMOKE_IMAGES training and test images of
+    the bundled sample as the four official IDX files, for --config.idx_dir."""
+    global _smoke_folder
+    if _smoke_folder is None:
+        import gzip
+
+        import numpy as np
+
+        from flaxcnn.datasets import catalog, idx
+
+        folder = tempfile.mkdtemp(prefix="flaxcnn-smoke-")
+        for split, names in idx.FILES.items():
+            for array, name in zip(idx.read_split(catalog.SAMPLE_DIR, split), names):
+                array = np.ascontiguousarray(array[:SMOKE_IMAGES], np.uint8)
+                magic = idx.IMAGES_MAGIC if array.ndim == 3 else idx.LABELS_MAGIC
+                with gzip.open(os.path.join(folder, name), "wb") as f:
+                    f.write(magic.to_bytes(4, "big") + b"".join(
+                        n.to_bytes(4, "big") for n in array.shape) + array.tobytes())
+        _smoke_folder = folder
+    return _smoke_folder
+
+
+_smoke_folder = None
 
 
 def new_workdir(name: str) -> Path:
