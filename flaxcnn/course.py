@@ -133,14 +133,16 @@ class Section:
                  for key, value in overrides.items()]
         return " ".join(["python train.py --config", f"configs/{self.config_file_argument}", *flags])
 
-    def train(self, config=None, *, plot: bool = True) -> dict:
+    def train(self, config=None, *, plot: bool = True, resume: dict | None = None) -> dict:
         """Trains `config` (default: the experiment's) with train.py's trainer in a new workdir under
         runs/, redrawing the learning curves after every epoch when `plot`; prints d2l's closing
-        line and d2l's printed band; returns the last epoch's record (metrics.jsonl's row)."""
+        line and d2l's printed band; returns the last epoch's record (metrics.jsonl's row, and
+        its "workdir"). `resume`: a record this returned, whose run to continue instead (to train
+        it for more epochs, as train.py resumes a workdir)."""
         from flaxcnn import reference, trainer
 
         config = config or self.config()
-        workdir = new_workdir(self.config_name)
+        workdir = Path(resume["workdir"]) if resume else new_workdir(self.config_name)
         print(f"training {config.model} for {config.num_epochs} epochs at {config.image_size}x"
               f"{config.image_size}, lr {config.learning_rate}, batch {config.batch_size}; "
               f"workdir {workdir}", flush=True)
