@@ -4,6 +4,7 @@ accuracy; each section's notebook is the jupytext pair of its reviewed MyST mark
 outputs of a real run stored and its metadata clean."""
 import base64
 import io
+import os
 import re
 from pathlib import Path
 
@@ -82,6 +83,9 @@ def test_section_notebook_is_the_pair_of_its_markdown_with_a_real_run_stored(sec
 @pytest.mark.parametrize("section", SECTIONS)
 def test_section_notebook_runs_top_to_bottom_in_its_short_mode(section, tmp_path, monkeypatch):
     monkeypatch.setenv(course.SMOKE_VARIABLE, "1")  # the kernel inherits it
+    # XLA:CPU compiles about twice as fast without its backend optimizations; the short mode's few
+    # steps are not worth them.
+    monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"] + " --xla_backend_optimization_level=0")
     notebook = execute(jupytext.read(NOTEBOOKS / f"{section}.md"), tmp_path)
     text = printed(notebook)
     assert "data: the bundled 1,003-image Fashion-MNIST sample" in text
