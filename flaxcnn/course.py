@@ -52,11 +52,7 @@ def start(config_name: str, full_data: bool | None = None, variant: str | None =
     what data this notebook runs. `config_name`: the section's file in configs/; `full_data`: the
     notebook's switch (None: the full Fashion-MNIST on Colab, else the bundled sample);
     `variant`: the config's variant for the full data, e.g. "concise"."""
-    from flaxcnn import runtime
-
-    runtime.reserve_cpu_threads_for_collectives()
-    runtime.use_xla_cpu_convolutions()
-    runtime.use_compilation_cache(runtime.default_compilation_cache())
+    start_runtime()
     section = Section(config_name, on_colab() if full_data is None else bool(full_data), variant)
     import jax
 
@@ -64,6 +60,16 @@ def start(config_name: str, full_data: bool | None = None, variant: str | None =
     print(f"{now}; {machine()}; jax {jax.__version__}, {devices()}\n"
           f"data: {section.data_description}" + ("; FLAXCNN_SMOKE=1: shrunk" if smoke() else ""))
     return section
+
+
+def start_runtime():
+    """What train.py does before the devices start (flaxcnn.runtime): XLA:CPU's threads for
+    collectives and its own convolutions, and the compilation cache in its default folder."""
+    from flaxcnn import runtime
+
+    runtime.reserve_cpu_threads_for_collectives()
+    runtime.use_xla_cpu_convolutions()
+    runtime.use_compilation_cache(runtime.default_compilation_cache())
 
 
 def machine() -> str:

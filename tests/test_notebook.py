@@ -48,6 +48,7 @@ def pictures(notebook) -> list:
 
 def test_colab_quickstart_runs_top_to_bottom(tmp_path, tfds_dir, monkeypatch):
     notebook = nbformat.read(NOTEBOOKS / "colab_quickstart.ipynb", as_version=4)
+    assert f'"https://github.com/{course.REPOSITORY}.git"' in notebook.cells[1].source
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)  # the kernel inherits it
     text = printed(execute(notebook, tmp_path))
     assert f"working in {tmp_path}" in text
