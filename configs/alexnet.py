@@ -16,7 +16,7 @@ English v1.0 edition: the same settings (it trains with d2l.Trainer and prints n
 from configs import default
 
 # The :sample variant (see its docstring above): provisional settings, being measured.
-SAMPLE = dict(image_size=96, batch_size=32, learning_rate=0.01, num_epochs=10)
+SAMPLE = dict(image_size=68, batch_size=32, learning_rate=0.001, num_epochs=3, optimizer="adamw")
 
 
 def get_config(variant: str = "course"):

@@ -22,7 +22,7 @@ def get_config():
     config.idx_dir = ""                                # folder with the 4 official IDX .gz files (fashion_mnist, mnist)
     config.input_pipeline = "auto"                     # device (dataset held on the accelerators), stream (tf.data), auto
     config.image_size = 28                             # images are resized (bilinear) to image_size x image_size
-    config.folder_store_size = 256                     # folder:PATH images are kept as squares of this side (shorter side resized, centre crop)
+    config.folder_store_size = 256                     # folder:PATH images are kept as squares of the smaller of this side and their median shorter side (shorter side resized, centre crop)
     config.folder_skip_bad = False                     # folder:PATH: skip (and count) unreadable image files instead of stopping
     config.augment = "none"                            # on-device training augmentation: none, flip, crop_flip, d2l_finetune (flaxcnn.augment)
     config.normalize = "auto"                          # per-channel input normalization: none, imagenet (torchvision's mean/std), or auto (imagenet with init_from, else none)
@@ -69,16 +69,19 @@ def variant(path: str, name: str, choices) -> str:
 
 
 def on_sample(config, *, image_size: int, batch_size: int, learning_rate: float,
-              num_epochs: int):
+              num_epochs: int, optimizer: str = ""):
     """`config` moved to the bundled 1,003-image sample (fashion_mnist_sample) with settings under
-    which its model learns there in minutes on a laptop CPU. The course's batch sizes give 3 to 7
+    which its model learns there in minutes on a laptop CPU. The course's batch sizes give 4 to 8
     steps an epoch on 1,003 images, too few for any of the chapter's models to learn in 10 epochs;
     a smaller batch gives more steps, a smaller image (where the network accepts it) makes each
-    step cheaper. d2l's band is for the full Fashion-MNIST at the course's settings, so it is unset."""
+    step cheaper, and the deep networks without BatchNorm need Adam (`optimizer`; "" keeps the
+    course's plain SGD) to leave their starting plateau in so few steps. d2l's band is for the full
+    Fashion-MNIST at the course's settings, so it is unset."""
     config.dataset = "fashion_mnist_sample"
     config.image_size = image_size
     config.batch_size = batch_size
     config.learning_rate = learning_rate
     config.num_epochs = num_epochs
+    config.optimizer = optimizer or config.optimizer
     config.reference_accuracy = None
     return config

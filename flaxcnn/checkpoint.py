@@ -260,3 +260,20 @@ def compare_with_saved(config, saved: dict):
     if differing:
         raise UserError("this workdir holds a run with a different config: " + "; ".join(differing)
                         + ". Use a new --workdir, or the saved values")
+
+
+# What a rerun may set differently without it being news: how the run is shown and what it is
+# asked to do this time, not how it trains.
+NOT_SETTINGS = ("progress", "plots", "tensorboard", "eval_only", "restore")
+
+
+def changed_settings(config, workdir: Path) -> list[str]:
+    """The fields (a new learning rate, more epochs) in which `config` differs from the config
+    saved in `workdir`, as "name saved -> now"; the resumed run takes them from now on."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return []
+    saved, current = json.loads(path.read_text()), json.loads(config.to_json())
+    return [f"{k} {saved.get(k)!r} -> {current[k]!r}"
+            + (" (ignored: the checkpoint holds the weights)" if k == "init_from" else "")
+            for k in sorted(current) if k not in NOT_SETTINGS and saved.get(k) != current[k]]

@@ -1,10 +1,15 @@
 """Compares finished or running training runs: an overlay of their test-accuracy curves and a table.
 
-    python -m flaxcnn.compare runs/lenet_bn runs/resnet [--out DIR]
+    python -m flaxcnn.compare runs/* [--out DIR]
 
-writes DIR/compare.png and DIR/compare.md (default DIR: runs/) and prints the table.
+writes DIR/compare.png and DIR/compare.md and prints the table. DIR is `compare/` in the current
+folder by default: outside runs/, so that `runs/*` next time does not pick it up. Entries that are
+not runs (a stray file, a folder a failed run left behind, a run with no finished epoch yet) are
+skipped with one line each naming them; a path that does not exist is an error (a typo).
 images/s is the mean over the epochs after the first, whose time includes compilation (the first
-epoch's value when there is only one). d2l's printed test accuracy (the band of the config's
+epoch's value when there is only one). The run time is train.py's whole time, start-up and
+compilation included, over all its sessions (a resumed run adds up); for a run still going, or one
+that was killed, only the epochs' own time is known, and the cell says so. d2l's printed test accuracy (the band of the config's
 reference_accuracy: lowest to highest build, and the median) is shown for runs on the full
 fashion_mnist only: it was measured there. Runs written before the band, whose config.json holds a
 single number there, show none: that number had no source.
@@ -16,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flaxcnn import plots, reference
-from flaxcnn.errors import UserError, error_line
+from flaxcnn.errors import UserError, error_line, warn
 
 COMPARE_SIZE = (800, 500)           # compare.png's width, height in pixels
 METRICS_KEYS = ("epoch", "test_accuracy", "examples_per_sec", "epoch_seconds")
-COLUMNS = ("run", "model", "epochs", "parameters", "FLOPs/image", "final test acc", "best test acc",
-           "images/s", "total time", "d2l test acc")
+COLUMNS = ("run", "model", "epochs done/planned", "parameters", "forward FLOPs/image",
+           "final test acc", "best test acc", "train images/s", "run time",
+           "d2l test acc: min–max (median)")
+DEFAULT_OUT = "compare"
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,12 @@ class RunFolder:
         return sum(r["examples_per_sec"] for r in after_first) / len(after_first)
 
     @property
-    def total_seconds(self) -> float:
+    def total_seconds(self) -> float | None:
+        """train.py's whole time over all the run's sessions; None when no session has finished."""
+        return ((self.info or {}).get("timing") or {}).get("seconds_all_sessions")
+
+    @property
+    def epoch_seconds(self) -> float:
         return sum(r["epoch_seconds"] for r in self.records)
 
     @property
@@ -106,21 +118,28 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
+class NotARun(UserError):
+    """A path given to compare that is not a run with a finished epoch; `reason` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} {reason}")
+        self.reason = reason
+
+
 def load_run(path) -> RunFolder:
-    """Reads the run in folder `path`; raises UserError, naming the folder, if it is not a run or has
-    no finished epoch yet."""
+    """Reads the run in folder `path`; raises NotARun, naming the folder, if it is not a run or has
+    no finished epoch yet, and UserError for a file of the run that cannot be read."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist")
     if not path.is_dir():
-        raise UserError(f"{path} is not a folder; pass run folders (train.py's --workdir)")
+        raise NotARun(path, "is not a folder")
     for required in ("config.json", "metrics.jsonl"):
         if not (path / required).is_file():
-            raise UserError(f"{path} is not a run folder: it has no {required} "
-                            "(pass train.py's --workdir folders)")
+            raise NotARun(path, f"is not a run folder: it has no {required}")
     records = read_metrics(path / "metrics.jsonl")
     if not records:
-        raise UserError(f"{path} has no finished epoch yet (its metrics.jsonl is empty)")
+        raise NotARun(path, "has no finished epoch yet (its metrics.jsonl is empty)")
     info_path = path / "run_info.json"
     info = read_json(info_path) if info_path.is_file() else None
     return RunFolder(path, read_json(path / "config.json"), records, info)
@@ -160,7 +179,9 @@ def row(run: RunFolder) -> list[str]:
             f"{run.records[-1]['epoch']}/{num_epochs if num_epochs is not None else '?'}",
             format_count(run.params), format_flops(run.flops_per_image),
             f"{run.final_accuracy:.4f}", f"{run.best_accuracy:.4f}",
-            f"{run.images_per_sec:,.0f}", format_duration(run.total_seconds),
+            f"{run.images_per_sec:,.0f}",
+            format_duration(run.total_seconds) if run.total_seconds is not None
+            else f"{format_duration(run.epoch_seconds)} (epochs only)",
             "—" if band is None else band.describe()]
 
 
@@ -187,15 +208,33 @@ def overlay(runs: list[RunFolder], path) -> None:
     plots.save_png(figure, path)
 
 
+def load_runs(paths) -> list[RunFolder]:
+    """The runs among `paths`; the others are skipped with a warning each. A path that does not
+    exist, a run file that cannot be read, or no run at all is a UserError."""
+    runs = []
+    for path in paths:
+        if not Path(path).exists():
+            raise UserError(f"{path} does not exist")
+        try:
+            runs.append(load_run(path))
+        except NotARun as e:
+            warn(f"skipping {path}: it {e.reason}")
+    if not runs:
+        raise UserError("none of the paths given is a run folder with a finished epoch; pass "
+                        "train.py's --workdir folders")
+    return runs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flaxcnn.compare",
                                      description="Overlay the test accuracy of runs and tabulate them.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="train.py --workdir folders")
-    parser.add_argument("--out", default="runs", metavar="DIR",
-                        help="folder for compare.png and compare.md (default: runs/)")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"folder for compare.png and compare.md (default: {DEFAULT_OUT}/ in "
+                             "the current folder)")
     args = parser.parse_args(argv)
     try:
-        runs = [load_run(path) for path in args.runs]
+        runs = load_runs(args.runs)
         out = Path(args.out)
         text = table(runs)
         try:
@@ -207,8 +246,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(error_line(e), file=sys.stderr)
         return 1
-    print(text, end="")
-    print(f"wrote {out / 'compare.png'} and {out / 'compare.md'}", file=sys.stderr)
+    print(text, end="", flush=True)  # the table is whole on stdout before the next line
+    print(f"wrote {out / 'compare.png'} and {out / 'compare.md'}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -106,6 +106,7 @@ def train_step_flops(state, step_kwargs: dict, batch_per_device: int,
 
     images = jax.ShapeDtypeStruct((1, batch_per_device, *image_shape), jnp.uint8)
     labels = jax.ShapeDtypeStruct((1, batch_per_device), jnp.int32)
+    mask = jax.ShapeDtypeStruct((1, batch_per_device), jnp.bool_)
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     run_state = training.RunState(state, key, key, training.zero_totals())
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *np.shape(x)), x.dtype),
@@ -113,8 +114,8 @@ def train_step_flops(state, step_kwargs: dict, batch_per_device: int,
 
     def lower(device):
         devices = [device] if device is not None else jax.local_devices()[:1]
-        step = jax.pmap(lambda s, x, y: training.counted_train_step(s, x, y, step_kwargs),
+        step = jax.pmap(lambda s, x, y, m: training.counted_train_step(s, x, y, m, step_kwargs),
                         training.AXIS, devices=devices)
-        return step.lower(one, images, labels)
+        return step.lower(one, images, labels, mask)
 
     return count(lower)

@@ -46,6 +46,7 @@ class Outputs:
                         if self.is_writer and config.plots else None)
         self.curves_job: Future | None = None
         self.curves_records, self.drawn_records = None, None
+        self.earlier_seconds = 0.0  # train.py's time in the sessions before a resume
 
     def __enter__(self):
         return self
@@ -66,7 +67,9 @@ class Outputs:
         config, info = self.config, self.info
         init_from = config.init_from or None
         if resumed and (self.workdir / "run_info.json").exists():
-            init_from = json.loads((self.workdir / "run_info.json").read_text()).get("init_from")
+            saved = json.loads((self.workdir / "run_info.json").read_text())
+            init_from = saved.get("init_from")
+            self.earlier_seconds = (saved.get("timing") or {}).get("seconds_all_sessions", 0.0)
         write_atomically(self.workdir / "config.json", config.to_json(indent=2) + "\n")
         stats = summary.model_stats(config.model, config.image_size, info.channels,
                                     info.num_classes, **config.model_overrides.to_dict())
@@ -101,6 +104,8 @@ class Outputs:
               f"{compiled['programs']} programs compiled in {compiled['seconds']:.1f} s "
               f"({compiled['from_cache']} from the compilation cache)", flush=True)
         path = self.workdir / "run_info.json"
+        timing = {**timing, "seconds_all_sessions": self.earlier_seconds
+                  + timing["seconds_since_start"]}
         with best_effort("record the timing in", path):
             info = json.loads(path.read_text())
             write_atomically(path, json.dumps({**info, "timing": timing}, indent=2) + "\n")
@@ -153,15 +158,16 @@ class Outputs:
         if self.is_writer and line is not None:
             print(line, flush=True)
 
-    def finish(self, images, labels, predictions):
-        """predictions.png and confusion.png from the final model's test predictions."""
+    def finish(self, images, indices, labels, predictions):
+        """predictions.png (of `images`, the test images at `indices`) and confusion.png from the
+        final model's test predictions and all test labels."""
         if self.painter is None:
             return
         names = self.info.class_names
 
         def draw():
             with best_effort("draw", self.workdir / "predictions.png"):
-                plots.predictions(images, labels, predictions, names,
+                plots.predictions(images, labels[indices], predictions[indices], names,
                                   self.workdir / "predictions.png")
             with best_effort("draw", self.workdir / "confusion.png"):
                 plots.confusion(labels, predictions, names, self.workdir / "confusion.png")

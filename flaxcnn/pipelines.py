@@ -15,6 +15,7 @@ never state: keys, parameters and running sums travel in the RunState.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import math
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 
-from flaxcnn import cluster, replicas, training
+from flaxcnn import cluster, plots, replicas, training
 from flaxcnn.replicas import AXIS
 
 
@@ -147,9 +148,11 @@ class DevicePipeline:
                                               self.eval_steps)
         return replicas.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
 
-    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `count` test images and all test labels, in `evaluate`'s order."""
-        return self.test_images[:count], self.test_labels
+    def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(`count` test images spread over the classes (plots.spread_over_classes), their
+        indices, all test labels), in `evaluate`'s order."""
+        indices = plots.spread_over_classes(self.test_labels, count, num_classes)
+        return self.test_images[indices], indices, self.test_labels
 
 
 # ---------------------------------------------------------------------------------- tf.data stream
@@ -177,7 +180,7 @@ class StreamPipeline:
         def run_steps(state, first, count):
             del first  # the stream is already there
             for batch in itertools.islice(on_device, count):
-                state = self.train_batch(state, batch["image"], batch["label"])
+                state = self.train_batch(state, batch["image"], batch["label"], batch["mask"])
             return state
 
         return timed_chunks(run_steps, state, start_step=start_step,
@@ -196,14 +199,20 @@ class StreamPipeline:
             preds.append(replicas.local_array(p).reshape(-1)[batch["mask"]])
         return totals, np.concatenate(preds)
 
-    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `count` test images and all test labels, in `evaluate`'s order."""
-        images, labels = [], []
+    def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As DevicePipeline.preview, in one pass over the test stream: only each class's first
+        images, the candidates, are kept."""
+        per_class = math.ceil(count / max(num_classes, 1))
+        kept, labels, seen = {}, [], collections.Counter()
         for batch in self._test_batches():
-            labels.append(batch["label"][batch["mask"]])
-            if sum(len(i) for i in images) < count:
-                images.append(batch["image"][batch["mask"]])
-        return np.concatenate(images)[:count], np.concatenate(labels)
+            for image, label in zip(batch["image"][batch["mask"]], batch["label"][batch["mask"]]):
+                if seen[int(label)] < per_class:
+                    kept[len(labels)] = image
+                seen[int(label)] += 1
+                labels.append(label)
+        labels = np.asarray(labels)
+        indices = plots.spread_over_classes(labels, count, num_classes)
+        return np.stack([kept[i] for i in indices]), indices, labels
 
     def _test_batches(self):
         return self.dataset.stream_eval(batch_size=self.local_eval_batch,

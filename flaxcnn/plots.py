@@ -10,6 +10,7 @@ it can train).
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 from pathlib import Path
@@ -129,6 +130,22 @@ def curves(records: list[dict], path, *, reference: Band | None = None,
 def prediction_title(label: int, pred: int, class_names) -> str:
     mark = "" if label == pred else f"{MISTAKE_MARK} "
     return f"true: {class_names[label]}\n{mark}pred: {class_names[pred]}"
+
+
+def spread_over_classes(labels, count: int, num_classes: int) -> np.ndarray:
+    """Indices of up to `count` examples for predictions.png: the first example of every class,
+    class by class, then every class's second, and so on (each class's first
+    ceil(count / num_classes) examples are the candidates; a class with fewer gives fewer). A test
+    set sorted by class, as an image folder's is, then shows every class, not only the first."""
+    labels = np.asarray(labels)
+    per_class = math.ceil(count / max(num_classes, 1))
+    ranks = np.zeros(len(labels), np.int64)
+    seen = collections.Counter()
+    for i, label in enumerate(labels.tolist()):
+        ranks[i], seen[label] = seen[label], seen[label] + 1
+    candidates = np.flatnonzero(ranks < per_class)
+    order = np.lexsort((labels[candidates], ranks[candidates]))  # by rank, then class
+    return candidates[order][:count]
 
 
 def predictions(images, labels, preds, class_names, path, *,

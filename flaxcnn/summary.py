@@ -3,7 +3,8 @@
     python -m flaxcnn.summary --model resnet18 --image-size 96 [--channels 1] [--num-classes 10]
     python -m flaxcnn.summary --model resnet50 --init-from hf-hub:timm/resnet50.tv_in1k
 
-The table is flax's own `nn.tabulate` (output shape and parameters of every layer), the
+The table is flax's own `nn.tabulate` (output shape and parameters of every layer, less its footer,
+whose total adds the BatchNorm statistics to the parameters; they are printed apart below it), the
 FLOPs are XLA's cost analysis of the forward pass (evaluation mode, batch of one), counted on the
 host CPU whatever the backend (flaxcnn.flops).
 Everything runs on abstract shapes, so even the largest models are summarised in seconds.
@@ -12,6 +13,7 @@ With --init-from (a source of flaxcnn.pretrained: torchvision:<name>, hf-hub:<re
 reports in one line the first tensor that does not fit.
 """
 import argparse
+import re
 import sys
 from collections.abc import Mapping
 
@@ -55,7 +57,9 @@ def layer_table(name: str, image_size: int, channels: int = 1, num_classes: int 
         model, jax.random.key(0), depth=depth,
         console_kwargs={"force_terminal": interactive, "width": None if interactive else 160},
     )
-    return tabulate(jnp.zeros((1, image_size, image_size, channels)), train=False)
+    table = tabulate(jnp.zeros((1, image_size, image_size, channels)), train=False)
+    # flax's footer adds the BatchNorm statistics to the parameters; main prints both apart.
+    return re.sub(r"\n[^\n]*Total Parameters:[^\n]*", "", table)
 
 
 def placement_table(name: str, source: str) -> str:
@@ -91,8 +95,9 @@ def main(argv=None) -> None:
     stats = model_stats(args.model, **shape)
     print(layer_table(args.model, depth=args.depth, **shape))
     print(f"{args.model} on {args.image_size}x{args.image_size}x{args.channels} images, {args.num_classes} classes")
-    print(f"trainable parameters: {stats['params']:,}")
-    print(f"batch_stats values: {stats['batch_stats']:,}")
+    print(f"parameters: {stats['params']:,} (trainable; the count the README's tables give)")
+    print(f"BatchNorm statistics: {stats['batch_stats']:,} (running means and variances, "
+          "not trained, not counted above)")
     print(f"forward FLOPs per image: {stats['flops_per_image']:,.0f} ({stats['flops_per_image'] / 1e9:.3f} GFLOPs)")
     print(f"smallest input: {stats['min_input_size']}x{stats['min_input_size']} pixels")
 

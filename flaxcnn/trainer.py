@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
+import shutil
 import signal
 import sys
 import time
@@ -30,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxcnn import (augment, checkpoint, cluster, datasets, models, optimizers, pipelines,
-                     pretrained, replicas, runtime, training)
+                     pretrained, replicas, runtime, summary, training)
 from flaxcnn.checkpoint import Checkpoints
 from flaxcnn.config_check import check_config
-from flaxcnn.errors import UserError, first_line
+from flaxcnn.errors import UserError, first_line, warn
 from flaxcnn.outputs import EpochProgress, Outputs, mean_loss_and_accuracy
 from flaxcnn.workdir_lock import WorkdirLock
 
@@ -66,19 +69,27 @@ def train_and_evaluate(config, workdir, on_epoch: Callable[[list[dict]], None] |
         dataset = resolve_dataset(config)
         run = build_run(config, dataset, resuming)
         state = checkpoint.restore_newest(checkpoints, run.fresh) if resuming else run.fresh
+        finished = position(state.train.step, run.steps_per_epoch)[0] if resuming else 0
+        if finished >= config.num_epochs and not config.eval_only:
+            return already_trained(workdir, finished)
+        announce_run(config, workdir, dataset.info, run)
         if resuming:
-            announce_resume(checkpoints, int(state.train.step), run.steps_per_epoch)
+            announce_resume(checkpoints, int(state.train.step), run.steps_per_epoch,
+                            checkpoint.changed_settings(config, workdir))
         cluster.sync("restored")  # everyone read the workdir before process 0 rewrites it
         pipeline = build_pipeline(config, dataset, run.steps_per_epoch)
         saved_step = int(state.train.step) if resuming else None
         state = replicas.replicate(state)
         if config.eval_only:
-            return evaluate_checkpoint(workdir, pipeline, state, run.steps_per_epoch)
-        outputs = stack.enter_context(Outputs(config, workdir, dataset.info))
-        signals = stack.enter_context(runtime.Signals())
-        loop = EpochLoop(config, run, pipeline, checkpoints, outputs, signals, chrono, saved_step,
-                         on_epoch)
-        return loop.train(state)
+            record = evaluate_checkpoint(workdir, pipeline, state, run.steps_per_epoch)
+        else:
+            outputs = stack.enter_context(Outputs(config, workdir, dataset.info))
+            signals = stack.enter_context(runtime.Signals())
+            loop = EpochLoop(config, run, pipeline, checkpoints, outputs, signals, chrono,
+                             saved_step, on_epoch)
+            record = loop.train(state)
+    announce_contents(workdir)
+    return record
 
 
 # ---------------------------------------------------------------------------- 2. claim the workdir
@@ -88,12 +99,37 @@ def train_and_evaluate(config, workdir, on_epoch: Callable[[list[dict]], None] |
 def claim_workdir(config, workdir: Path):
     """The run's checkpoints in `workdir`, which process 0 makes writable and locks for the whole
     run (the other processes share its workdir); on leaving, the last checkpoint write is waited for
-    and the lock released."""
+    and the lock released. A run that fails before it has anything to resume from (a mistake in
+    the command, Ctrl-C while loading) takes back what it made, while it still holds the lock: the
+    workdir if it created it, lock file and all, else the files it added there."""
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:
+            created = not workdir.exists()
             checkpoint.require_writable(workdir)
+            before = set(os.listdir(workdir))
             stack.enter_context(WorkdirLock.acquire(workdir))
+
+            def on_leaving(error_type, *_):  # returns None: an error goes on up
+                if error_type is not None:
+                    take_back(workdir, None if created else before)
+            stack.push(on_leaving)
         yield stack.enter_context(Checkpoints(workdir, max_to_keep=config.max_checkpoints))
+
+
+def take_back(workdir: Path, before: set[str] | None):
+    """After a failed run: unless `workdir` holds a checkpoint or a finished epoch's line in
+    metrics.jsonl, removes it (`before` None: the run created it) or the entries of it that are not
+    in `before`."""
+    metrics = workdir / "metrics.jsonl"
+    if Checkpoints(workdir).exists() or (metrics.exists() and metrics.stat().st_size > 0):
+        return
+    added = [workdir] if before is None else [workdir / name for name in
+                                               set(os.listdir(workdir)) - before]
+    for path in added:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- 3. resolve the data
@@ -134,7 +170,7 @@ def build_run(config, dataset, resuming: bool) -> Run:
     augment.check_settings(config.augment, input_normalization(config), info.channels)
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = dataset.train_batches_per_epoch(local_batch)
-    if steps_per_epoch == 0 and not config.eval_only:
+    if info.num_train < config.batch_size and not config.eval_only:
         per_process = info.num_train // jax.process_count()
         where = f" ({per_process} per process)" if jax.process_count() > 1 else ""
         raise UserError(f"{info.name} has {info.num_train} training examples{where}, fewer than "
@@ -183,11 +219,70 @@ def position(step: int, steps_per_epoch: int) -> tuple[int, int]:
     return divmod(int(step), max(steps_per_epoch, 1))
 
 
-def announce_resume(checkpoints: Checkpoints, step: int, steps_per_epoch: int):
+def announce_run(config, workdir: Path, info, run: Run):
+    """The run's header: where it writes, what it trains on what, and how; and a warning when an
+    epoch has so few steps that the model can hardly learn (a small dataset at a large batch)."""
+    if jax.process_index() != 0:
+        return
+    train = run.fresh.train
+    statistics = summary.param_count(train.batch_stats)
+    devices = jax.devices()
+    processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    print(f"workdir   {workdir}\n"
+          f"model     {config.model}: {summary.param_count(train.params):,} parameters"
+          + (f" (+ {statistics:,} BatchNorm statistics)" if statistics else "")
+          + f", {config.image_size}x{config.image_size}x{info.channels} inputs\n"
+          f"data      {info.name}: {info.num_train:,} training and {info.num_test:,} test "
+          f"images, {info.num_classes} classes\n"
+          f"training  batch {config.batch_size} (global), {run.steps_per_epoch} steps an epoch, "
+          f"{config.num_epochs} epochs, {config.optimizer} at lr {config.learning_rate}\n"
+          f"devices   {len(devices)} x {devices[0].device_kind}{processes}", flush=True)
+    if run.steps_per_epoch < FEW_STEPS and not config.eval_only:
+        warn(f"only {run.steps_per_epoch} steps an epoch ({info.num_train:,} training images at "
+             f"batch {config.batch_size}): too few for a model to learn much; "
+             f"--config.batch_size={batch_for_steps(info.num_train, FEW_STEPS)} or smaller gives "
+             f"{FEW_STEPS} or more")
+
+
+FEW_STEPS = 10  # fewer steps an epoch than this, and the header warns
+
+
+def batch_for_steps(num_train: int, steps: int) -> int:
+    """The largest global batch (a multiple of the device count) that gives `steps` steps an
+    epoch of `num_train` examples, or the device count if none does."""
+    count = jax.device_count()
+    return max(num_train // steps // count, 1) * count
+
+
+def already_trained(workdir: Path, epochs: int) -> dict:
+    """A finished workdir run again: one line, nothing changed; its last epoch's record."""
+    if jax.process_index() == 0:
+        print(f"{workdir} already trained {epochs} epochs; raise --config.num_epochs to go on, "
+              "or use another --workdir", flush=True)
+    lines = (workdir / "metrics.jsonl").read_text().splitlines() \
+        if (workdir / "metrics.jsonl").exists() else []
+    return json.loads(lines[-1]) if lines else {"epoch": epochs}
+
+
+def announce_contents(workdir: Path):
+    """The run's last line: where it is and what is in it."""
+    if jax.process_index() != 0 or not workdir.is_dir():
+        return
+    entries = sorted(p for p in workdir.iterdir() if not p.name.startswith("."))
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries
+             if not p.name.startswith("events.out.tfevents.")]
+    if len(names) < len(entries):
+        names.append("events.out.tfevents.* (TensorBoard: tensorboard --logdir "
+                     f"{workdir})")
+    print(f"the run is in {workdir}: {', '.join(names)}", flush=True)
+
+
+def announce_resume(checkpoints: Checkpoints, step: int, steps_per_epoch: int, changed: list[str]):
     if jax.process_index() == 0:
         epoch, step_in_epoch = position(step, steps_per_epoch)
         print(f"resuming from checkpoint {checkpoints.directory / str(step)}: step {step}, epoch "
-              f"{epoch}" + (f" + {step_in_epoch} steps" if step_in_epoch else ""), flush=True)
+              f"{epoch}" + (f" + {step_in_epoch} steps" if step_in_epoch else "")
+              + ("; changed from the checkpointed run: " + ", ".join(changed) if changed else ""), flush=True)
 
 
 # ------------------------------------------------------------------------------- 6. the pipeline
@@ -275,8 +370,9 @@ class EpochLoop:
                 evaluated, predictions = evaluation_record(self.pipeline, state,
                                                            self.run.steps_per_epoch)
                 record = (self.outputs.records() or [evaluated])[-1]
-            images, labels = self.pipeline.preview(self.outputs.preview_count)
-            self.outputs.finish(images, labels, predictions)
+            images, indices, labels = self.pipeline.preview(self.outputs.preview_count,
+                                                            self.outputs.info.num_classes)
+            self.outputs.finish(images, indices, labels, predictions)
             self.outputs.wait_for_pictures()
         self.outputs.print_verdict(record)
         self.outputs.record_timing(self.chrono.report())
@@ -316,7 +412,10 @@ class EpochLoop:
         predictions)."""
         config, steps_per_epoch = self.config, self.run.steps_per_epoch
         train_seconds = time.perf_counter() - t0
-        train_loss, train_accuracy = mean_loss_and_accuracy(replicas.host_sums(state.totals))
+        train_sums = replicas.host_sums(state.totals)
+        train_loss, train_accuracy = mean_loss_and_accuracy(train_sums)
+        # the examples trained since `start_step` (every step before the last has a full batch)
+        examples = train_sums["count"] - start_step * config.batch_size
         with self.chrono.measure("evaluate"):
             test, predictions = evaluation_record(self.pipeline, state, steps_per_epoch)
         state = state.replace(totals=replicas.replicate(training.zero_totals()))
@@ -324,8 +423,7 @@ class EpochLoop:
                   "train_loss": train_loss, "train_accuracy": train_accuracy,
                   "test_loss": test["test_loss"], "test_accuracy": test["test_accuracy"],
                   "test_examples": test["test_examples"],
-                  "examples_per_sec": (steps_per_epoch - start_step) * config.batch_size
-                  / train_seconds,
+                  "examples_per_sec": examples / train_seconds,
                   "epoch_seconds": time.perf_counter() - t0,
                   "learning_rate": float(self.run.schedule(test["step"]))}
         with self.chrono.measure("outputs_and_checkpoints"):

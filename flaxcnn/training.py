@@ -94,39 +94,49 @@ def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed:
 # ----------------------------------------------------------------------------------------------- the step
 
 
-def train_step(state: TrainState, x, labels, dropout_key, *, sync_batch_stats: bool,
+def train_step(state: TrainState, x, labels, mask, dropout_key, *, sync_batch_stats: bool,
                freeze: str = "none", enabled=True):
     """One optimizer step (any optax transformation) on this device's slice of the global batch
-    (`x`: its inputs, as `flaxcnn.augment.train_images` makes them), inside pmap.
+    (`x`: its inputs, as `flaxcnn.augment.train_images` makes them; `mask`: which of them are
+    real examples, the rest padding an epoch's last batch to the compiled shape), inside pmap.
 
-    Returns `(state, metrics, applied)`: gradients, loss and (without cross-replica BatchNorm) the
-    batch statistics are averaged over all devices; `metrics` are this step's global sums. With
-    freeze="backbone" (fine-tuning) the BatchNorm statistics stay as loaded (the layers still
-    normalize with the batch's, as torch's do in train mode). The update is applied only if the
-    global loss and gradient are finite and `enabled` is true; otherwise `state` comes back
-    unchanged and `applied` is False.
+    Only real examples count, as if the batch held them alone (d2l's last partial batch): the
+    loss is the mean over the global batch's real examples, the gradient its gradient, and
+    BatchNorm's statistics are theirs (the network's `mask`). Returns `(state, metrics,
+    applied)`: `metrics` are this step's global sums over the real examples; without
+    cross-replica BatchNorm, the running statistics are averaged over the devices that hold real
+    examples. With freeze="backbone" (fine-tuning) the BatchNorm statistics stay as loaded (the
+    layers still normalize with the batch's, as torch's do in train mode). The update is applied
+    only if the global loss and gradient are finite and `enabled` is true; otherwise `state`
+    comes back unchanged and `applied` is False.
     """
+    count = lax.psum(jnp.sum(mask, dtype=jnp.int32), AXIS)
+    network_mask = {"mask": mask} if state.batch_stats else {}
 
     def loss_fn(params):
         logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
                                          train=True, rngs={"dropout": dropout_key},
-                                         mutable=["batch_stats"])
+                                         mutable=["batch_stats"], **network_mask)
         new_stats = updates.get("batch_stats", {})
-        logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, new_stats)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        loss_sum = jnp.sum(jnp.where(mask, losses, 0.0))
+        return loss_sum / count.astype(loss_sum.dtype), (loss_sum, logits, new_stats)
 
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
-    if not sync_batch_stats:
-        new_stats = lax.pmean(new_stats, AXIS)  # per-device statistics, kept identical on all replicas
+    (_, (loss_sum, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    grads = lax.psum(grads, AXIS)  # each device's part of the global mean's gradient
+    if not sync_batch_stats:  # per-device statistics, kept identical on all replicas
+        holds_examples = jnp.any(mask)
+        new_stats = jax.tree.map(
+            lambda s: lax.psum(jnp.where(holds_examples, s, 0), AXIS)
+            / lax.psum(holds_examples.astype(s.dtype), AXIS), new_stats)
     if freeze == "backbone":
         new_stats = state.batch_stats
     metrics = lax.psum({
-        "loss_sum": loss * labels.shape[0],
-        "correct": jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.int32),
-        "count": jnp.int32(labels.shape[0]),
-    }, AXIS)
+        "loss_sum": loss_sum,
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) & mask).astype(jnp.int32),
+    }, AXIS) | {"count": count}
     applied = (jnp.isfinite(metrics["loss_sum"]) & jnp.isfinite(optax.tree.norm(grads))
                & enabled)
     state = lax.cond(applied,
@@ -141,9 +151,9 @@ def zero_totals() -> dict:
             "bad_step": np.int32(-1)}
 
 
-def counted_train_step(state: RunState, images, labels, step_kwargs) -> RunState:
-    """A train step on uint8 `images` that adds to the epoch's totals; after a non-finite step,
-    nothing changes. Dropout's key is the run's, folded with the step and the device's position;
+def counted_train_step(state: RunState, images, labels, mask, step_kwargs) -> RunState:
+    """A train step on uint8 `images` (`mask`: the real ones) that adds to the epoch's totals;
+    after a non-finite step, nothing changes. Dropout's key is the run's, folded with the step and the device's position;
     augmentation's comes from the data key and the step, and each example's from its position in
     the global batch, so neither depends on the device count."""
     train, totals = state.train, state.totals
@@ -153,7 +163,7 @@ def counted_train_step(state: RunState, images, labels, step_kwargs) -> RunState
                              first_index=lax.axis_index(AXIS) * images.shape[0],
                              **step_kwargs["inputs"])
     healthy = totals["bad_step"] < 0
-    new_train, metrics, applied = train_step(train, x, labels, key, enabled=healthy,
+    new_train, metrics, applied = train_step(train, x, labels, mask, key, enabled=healthy,
                                              **step_kwargs["step"])
     totals = {
         "loss_sum": totals["loss_sum"] + jnp.where(applied, metrics["loss_sum"], 0.0),
@@ -206,14 +216,16 @@ def make_train_chunk(cfg: StepConfig, devices=None):
     `images`/`labels` are the whole training set on every device (of every process), `perm` the
     epoch's order; step `i` trains on the global batch `perm[i*B : (i+1)*B]` and the device at
     position `d` of the pmap (all processes' devices) takes `perm[i*B + d*b : ... + b]`, so a step's
-    global batch depends neither on the device count nor on the process count.
+    global batch depends neither on the device count nor on the process count. The epoch's last
+    batch is cut short by the end of `perm` (d2l's last partial batch): positions past it are
+    padding, masked out.
     """
     b = cfg.batch_per_device
     positions = example_positions(b, len(devices) if devices else jax.device_count())
 
     def batch_at(images, labels, perm, i):  # the position comes from the pmap axis
-        idx = perm[positions(i)]
-        return images[idx], labels[idx]
+        idx, mask = examples_at(perm, positions(i))
+        return images[idx], labels[idx], mask
 
     if cfg.device_loop:
         def loop(state, images, labels, perm, start, num_steps):
@@ -256,12 +268,18 @@ def example_positions(batch_per_device: int, num_devices: int):
     return positions
 
 
-def make_train_batch(cfg: StepConfig, devices=None):
-    """pmapped `(state, images, labels) -> state`: one step on a streamed batch (b, H, W, C) on
-    each device."""
+def examples_at(perm, positions):
+    """`(indices, mask)`: the examples at `positions` of the epoch's order `perm`; positions past
+    its end (padding of the epoch's last batch) are masked out (their index is a valid one)."""
+    return perm[jnp.minimum(positions, len(perm) - 1)], positions < len(perm)
 
-    def one_step(state, images, labels):
-        return counted_train_step(state, images, labels, cfg.step_kwargs)
+
+def make_train_batch(cfg: StepConfig, devices=None):
+    """pmapped `(state, images, labels, mask) -> state`: one step on a streamed batch (b, H, W, C)
+    on each device, `mask` (b,) marking its real examples."""
+
+    def one_step(state, images, labels, mask):
+        return counted_train_step(state, images, labels, mask, cfg.step_kwargs)
 
     return jax.pmap(one_step, AXIS, devices=devices, donate_argnums=(0,))
 

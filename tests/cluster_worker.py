@@ -32,15 +32,17 @@ def main(out, data_dir, address, num_processes, process_id):
     run = trainer.build_run(config, dataset, resuming=False)
     pipeline = trainer.build_pipeline(config, dataset, run.steps_per_epoch)
     state = replicas.replicate(run.fresh)
-    # Which examples each device takes, by the train chunk's own rule (training.example_positions).
+    # Which examples each device takes, by the train chunk's own rules (training.example_positions
+    # and examples_at): the real ones, without the last batch's padding.
     positions = training.example_positions(config.batch_size // jax.device_count(),
                                            jax.device_count())
-    examples = jax.pmap(lambda perm: jax.vmap(lambda i: perm[positions(i)])(
+    examples = jax.pmap(lambda perm: jax.vmap(lambda i: training.examples_at(perm, positions(i)))(
         jnp.arange(run.steps_per_epoch)), replicas.AXIS)
 
     def epoch_examples(epoch):
         perm = pipeline.train_data.permutation(state.data_key, epoch)
-        return replicas.local_array(examples(perm)).reshape(-1)
+        indices, mask = (replicas.local_array(a).reshape(-1) for a in examples(perm))
+        return indices[mask]
 
     images, _ = dataset.load_arrays("test")
     whole, _ = dataclasses.replace(dataset, process_index=0, process_count=1).load_arrays("test")

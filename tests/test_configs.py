@@ -1,6 +1,7 @@
 """configs/: each section's config is the course notebook's experiment, its cited band is the one
-benchmarks/d2l_reference/table.md verified, and configs/batchnorm.py:scratch reaches the
-from-scratch LeNet-BN through ml_collections' config_flags, as train.py loads it."""
+benchmarks/d2l_reference/table.md verified, configs/batchnorm.py:scratch reaches the
+from-scratch LeNet-BN through ml_collections' config_flags, as train.py loads it, and each
+section has a :sample variant (tests/test_trainer.py trains each)."""
 import importlib
 import re
 import sys
@@ -100,3 +101,17 @@ def test_unknown_batchnorm_variant_names_the_choices():
     with pytest.raises(ValueError, match=r"use configs/batchnorm.py:concise or "
                                          r"configs/batchnorm.py:scratch"):
         batchnorm.get_config("lenet")
+
+
+SECTIONS = ["alexnet", "vgg", "nin", "googlenet", "batchnorm", "resnet", "densenet", "regnet"]
+
+
+def test_every_section_has_a_sample_variant_that_says_what_it_measured():
+    for name in SECTIONS:
+        module, config = load(f"{name}:sample")
+        assert config.dataset == "fashion_mnist_sample" and config.model == load(name)[1].model
+        assert reference.band(config.reference_accuracy) is None  # d2l's band is for the full set
+        assert 1003 / config.batch_size >= 10  # enough steps an epoch to learn in
+        assert f"python train.py --config configs/{name}.py:sample" in module.__doc__
+        assert "2-core VM" in module.__doc__ and "seeds" in module.__doc__
+

@@ -223,9 +223,11 @@ def _train(sample_dir, **kwargs):
 
 def test_stream_train_order(sample_dir):
     a, b = _train(sample_dir), _train(sample_dir)
-    assert len(a) == 1003 // 64 == datasets.resolve(SAMPLE, data_dir=sample_dir).train_batches_per_epoch(64)
+    # ceil(1003 / 64) batches, the last padded to 64 with its 43 examples first
+    assert len(a) == 16 == datasets.resolve(SAMPLE, data_dir=sample_dir).train_batches_per_epoch(64)
     assert a[0]["image"].shape == (64, 28, 28, 1) and a[0]["image"].dtype == np.uint8
     assert a[0]["label"].shape == (64,) and a[0]["label"].dtype == np.int32
+    assert [b["mask"].sum() for b in a] == [64] * 15 + [43] and a[-1]["mask"][:43].all()
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
@@ -235,14 +237,19 @@ def test_stream_train_order(sample_dir):
     assert len(skipped) == len(a) - 3
     for x, y in zip(a[3:], skipped):
         np.testing.assert_array_equal(x["image"], y["image"])
-    # An epoch holds distinct examples (it is a shuffle of the split, not a resample).
-    flat = np.concatenate([x["image"].reshape(64, -1) for x in a])
-    assert len(np.unique(flat, axis=0)) == len(flat)
+    # An epoch holds every example once (it is a shuffle of the split, not a resample).
+    labels = np.concatenate([x["label"][x["mask"]] for x in a])
+    np.testing.assert_array_equal(np.bincount(labels), [107, 105, 88, 92, 95, 100, 100, 115, 102, 99])
+    flat = np.concatenate([x["image"][x["mask"]].reshape(-1, 28 * 28) for x in a])
+    assert len(np.unique(flat, axis=0)) == len(flat) == 1003
 
 
 def test_stream_train_resizes_and_shards(sample_dir):
-    batches = _train(sample_dir, image_size=32, batch_size=100, process_index=1, process_count=3)
-    assert len(batches) == 3  # 1003 // 3 = 334 examples per process
+    shards = [_train(sample_dir, image_size=32, batch_size=100, process_index=i, process_count=3)
+              for i in range(3)]
+    # 335, 334 and 334 examples: 4 batches each, the last partial
+    assert [[b["mask"].sum() for b in s] for s in shards] == [[100] * 3 + [35]] + [[100] * 3 + [34]] * 2
+    batches = shards[1]
     assert batches[0]["image"].shape == (100, 32, 32, 1) and batches[0]["image"].dtype == np.uint8
 
 

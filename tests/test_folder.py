@@ -59,6 +59,19 @@ def test_a_mixed_folder_becomes_sorted_classes_and_uint8_rgb_squares(mixed, samp
     assert grey_jpeg < 8
 
 
+def test_images_are_kept_at_their_typical_shorter_side_never_larger(mixed, tmp_path):
+    # The folder's images are 28 pixels on their shorter side (28x28, 42x28, 28x50): a store size
+    # of 256 keeps them at 28, not upscaled 9 times.
+    data = folder.load_folder(str(mixed), data_dir=str(tmp_path), store_size=256)
+    assert data.train_images.shape == (24, 28, 28, 3) and data.test_images.shape == (9, 28, 28, 3)
+    photos = []
+    for i, (width, height) in enumerate([(300, 200), (120, 90), (640, 480)]):
+        photos.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (width, height)).save(photos[-1])
+    assert folder.stored_side(photos, 256) == 200  # the median shorter side
+    assert folder.stored_side(photos, 64) == 64  # the store size, where it is smaller
+
+
 def test_a_grey_folder_with_valid_split_has_one_channel_and_a_progress_bar(tmp_path, sample,
                                                                            monkeypatch, capsys):
     root = make_folder(tmp_path / "grey", sample, kinds=["grey.png", "grey.jpg", "tall.jpg"],
@@ -96,11 +109,11 @@ def test_the_second_run_reads_the_cache_without_decoding(mixed, tmp_path, monkey
     assert again.class_names == first.class_names
     # Another store size is another cache; so is a changed file.
     folder.load_folder(str(mixed), data_dir=str(tmp_path), store_size=STORE + 4)
-    assert len(opens) == 33
+    assert len(opens) == 2 * 33  # each of the 33 files: its header (the stored side), its pixels
     touched = mixed / "test" / "Bag" / os.listdir(mixed / "test" / "Bag")[0]
     os.utime(touched, ns=(1, 1))
     folder.load_folder(str(mixed), data_dir=str(tmp_path), store_size=STORE)
-    assert len(opens) == 66
+    assert len(opens) == 4 * 33
     assert len(os.listdir(tmp_path / folder.CACHE_SUBDIR)) == 3  # no temporary files left
 
 
@@ -118,7 +131,7 @@ def test_a_damaged_cache_is_rebuilt_not_trusted(mixed, tmp_path, monkeypatch, ca
     cache.write_bytes(bytes(raw))
     opens = count_opens(monkeypatch)
     rebuilt = folder.load_folder(str(mixed), data_dir=str(tmp_path), store_size=STORE)
-    assert len(opens) == 33
+    assert len(opens) == 2 * 33
     assert f"the folder cache {cache} is damaged" in capsys.readouterr().err
     np.testing.assert_array_equal(rebuilt.train_images, good.train_images)
     opens.clear()

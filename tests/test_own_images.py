@@ -23,7 +23,8 @@ from tests.conftest import (assert_bit_identical, config_of, copy_run, latest, m
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from pretrained_tensors import reference_state  # noqa: E402
 
-STORE = 32  # --config.folder_store_size: 28-pixel images and wider/taller ones kept as 32x32
+STORE = 32  # --config.folder_store_size; the images' shorter sides are 28, so they are kept at 28
+STORED = 28
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_a_folder_trains_with_augmentation_and_resumes_bit_for_bit(folder_run, t
     assert all(r["test_examples"] == 9 for r in records)
     info = json.loads((folder_run / "run_info.json").read_text())
     assert info["class_names"] == sorted(CLASSES.values()) and info["channels"] == 3
-    assert info["input"] == {"stored_shape": [STORE, STORE, 3], "augment": "d2l_finetune",
+    assert info["input"] == {"stored_shape": [STORED, STORED, 3], "augment": "d2l_finetune",
                              "normalize": "imagenet"}
     resumed = copy_run(folder_run, tmp_path / "resumed", epochs=1)
     train_to_end(folder_config(tfds_dir, pictures), resumed)

@@ -81,14 +81,18 @@ def test_both_pipelines_train_evaluate_and_preview_alike(kind, sample):
     chunk_ends = []
     for state, step in pipeline.train_chunks(state, epoch=0, start_step=3):
         chunk_ends.append(step)
-    assert chunk_ends[0] == 4 and chunk_ends[-1] == 15  # 1,003 // 64 steps; the first chunk compiles
+    # ceil(1,003 / 64) = 16 steps, the last with 43 examples; the first chunk compiles
+    assert chunk_ends[0] == 4 and chunk_ends[-1] == 16
     assert chunk_ends == sorted(set(chunk_ends))
     sums = replicas.host_sums(state.totals)
-    assert sums["count"] == 12 * 64 and sums["bad_step"] == -1
-    assert int(replicas.unreplicate(state.train.step)) == 12
+    assert sums["count"] == 12 * 64 + 43 and sums["bad_step"] == -1
+    assert int(replicas.unreplicate(state.train.step)) == 13
     test_sums, predictions = pipeline.evaluate(state)
     assert test_sums["count"] == 1003 and predictions.shape == (1003,)
-    images, labels = pipeline.preview(18)
+    images, indices, labels = pipeline.preview(18, 10)
+    test_images, test_labels = sample.load_arrays("test")
     assert images.shape == (18, 28, 28, 1) and images.dtype == np.uint8
-    np.testing.assert_array_equal(labels, sample.load_arrays("test")[1])
+    np.testing.assert_array_equal(labels, test_labels)
+    np.testing.assert_array_equal(images, test_images[indices])
+    assert sorted(labels[indices[:10]]) == list(range(10))  # every class first
     assert test_sums["correct"] == int((predictions == labels).sum())

@@ -77,6 +77,16 @@ def test_predictions_title_with_class_names_and_mark_mistakes(tmp_path):
     assert [i for i, title in enumerate(titles) if plots.MISTAKE_MARK in title] == [1, 4]
 
 
+def test_predictions_show_every_class_of_a_test_set_sorted_by_class():
+    labels = np.repeat([0, 1, 2], [30, 2, 30])  # an image folder's order; class 1 has 2 images
+    indices = plots.spread_over_classes(labels, 7, 3)
+    assert labels[indices].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert indices.tolist() == [0, 30, 32, 1, 31, 33, 2]  # each class's first, in test order
+    # 6 candidates a class: class 1's 2 images leave 14 to show, not 18
+    assert sorted(plots.spread_over_classes(labels, 18, 3).tolist()) == [
+        *range(6), 30, 31, *range(32, 38)]
+
+
 def test_predictions_rgb_and_fewer_images_than_count(tmp_path):
     images = np.full((3, 32, 32, 3), 200, np.uint8)
     titles = plots.predictions(images, [0, 1, 2], [0, 1, 3], ["cat", "dog", "ship", "truck"],

@@ -114,7 +114,7 @@ def test_readme_block_runs(block, tmp_path, tfds_dir, monkeypatch):
     for workdir in re.findall(r"--workdir (\S+)", " ".join(block)):
         assert (tmp_path / workdir / "metrics.jsonl").exists(), workdir
     if any("flaxcnn.compare" in command for command in block):
-        assert (tmp_path / "runs" / "compare.md").read_text().count("\n") >= 4
+        assert (tmp_path / "compare" / "compare.md").read_text().count("\n") >= 4
     if any("eval_only=true" in command for command in block):
         assert (tmp_path / "runs" / "lenet" / "eval.jsonl").exists()
         assert '"epoch": 2' in (tmp_path / "runs" / "lenet" / "metrics.jsonl").read_text()

@@ -18,8 +18,9 @@ def test_cli_prints_layers_parameters_and_flops():
                             capture_output=True, text=True, check=True)
     out = result.stdout
     assert "Conv_0" in out and "float32[1,24,24,6]" in out and "Dense_2" in out
-    assert "trainable parameters: 44,878" in out
-    assert "batch_stats values: 452" in out
+    assert "\nparameters: 44,878 (trainable; the count the README's tables give)\n" in out
+    assert "\nBatchNorm statistics: 452 (running means and variances, not trained" in out
+    assert "45,330" not in out  # flax's footer total, statistics included, is not printed
     flops = float(re.search(r"forward FLOPs per image: ([\d,]+)", out).group(1).replace(",", ""))
     analytic = 2 * LENET_MULTIPLY_ADDS
     assert analytic / 2 < flops < 2 * analytic

@@ -9,6 +9,7 @@ Any reader that yields arrays plugs in with :meth:`ArrayDataset.from_arrays`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator
 
 import numpy as np
@@ -38,14 +39,16 @@ class DatasetInfo:
         return (self.num_train + self.num_test) * per_example
 
 
-def shard_bounds(num_examples: int, process_index: int, process_count: int,
-                 drop_remainder: bool = False) -> tuple[int, int]:
+def train_batches_per_epoch(num_train: int, process_count: int, batch_size: int) -> int:
+    """Each process's batches of `batch_size` per epoch: enough for the largest of the
+    `process_count` shards of `num_train` examples, the last one partial."""
+    return math.ceil(math.ceil(num_train / process_count) / batch_size)
+
+
+def shard_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
     """[start, stop) of one process's contiguous shard, as ``tfds.split_for_jax_process`` cuts
-    it: the first ``num_examples % process_count`` shards hold one example more, unless
-    `drop_remainder` makes them all equal."""
+    it: the first ``num_examples % process_count`` shards hold one example more."""
     base, extra = divmod(num_examples, process_count)
-    if drop_remainder:
-        return process_index * base, (process_index + 1) * base
     start = process_index * base + min(process_index, extra)
     return start, start + base + (process_index < extra)
 
@@ -83,9 +86,10 @@ class ArrayDataset:
                    process_index=process_index, process_count=process_count)
 
     def train_batches_per_epoch(self, batch_size: int) -> int:
-        """Batches of `batch_size` per epoch in each process: the same on every process (shards
-        differ by up to one example), so none waits in a collective for one that ran out."""
-        return (self.info.num_train // self.process_count) // batch_size
+        """Batches of `batch_size` per epoch in each process, the last one partial (d2l's): the
+        same on every process, enough for the largest shard (shards differ by up to one
+        example), so none waits in a collective for one that ran out."""
+        return train_batches_per_epoch(self.info.num_train, self.process_count, batch_size)
 
     def load_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32 labels."""
@@ -97,9 +101,10 @@ class ArrayDataset:
         :func:`flaxcnn.datasets.streams.train_batches`."""
         from flaxcnn.datasets import streams
 
-        images, labels = self._shard("train", drop_remainder=True)
+        images, labels = self._shard("train")
         return streams.train_batches(images, labels, batch_size=batch_size, image_size=image_size,
-                                     seed=seed, epoch=epoch, skip_batches=skip_batches)
+                                     seed=seed, epoch=epoch, skip_batches=skip_batches,
+                                     num_batches=self.train_batches_per_epoch(batch_size))
 
     def stream_eval(self, *, batch_size: int, image_size: int) -> Iterator[dict]:
         """Every test example of this process's shard once; see
@@ -110,12 +115,11 @@ class ArrayDataset:
         return streams.eval_batches(images, labels, batch_size=batch_size, image_size=image_size,
                                     num_test=self.info.num_test, process_count=self.process_count)
 
-    def _shard(self, split: str, drop_remainder: bool = False):
+    def _shard(self, split: str):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         images, labels = self.train if split == "train" else self.test
-        start, stop = shard_bounds(len(labels), self.process_index, self.process_count,
-                                   drop_remainder)
+        start, stop = shard_bounds(len(labels), self.process_index, self.process_count)
         return images[start:stop], labels[start:stop]
 
 

@@ -7,15 +7,20 @@ folders' names, sorted; both splits must have the same ones.
 
 What is stored, and why:
 
-* Every image becomes one uint8 array of ``store_size x store_size`` pixels: its shorter side is
-  resized to ``store_size`` (Pillow's bilinear filter, the long side truncated to whole pixels, as
-  torchvision's ``Resize(int)`` does on a PIL image), then the centre square is cropped (offsets
-  rounded as in torchvision's ``CenterCrop``). A square of one size is what lets the whole set sit
-  on the devices as one array with static shapes, as every other dataset does; 256 is the side
-  d2l 14.2 and torchvision's ImageNet recipe resize to before their 224 crops, so
-  ``flaxcnn.augment`` can cut 14.2's crops from it. The price: the sides of a non-square photo
-  beyond the centre square are not kept (d2l's test transform squashes the whole photo to
-  256x256 instead; we keep the aspect ratio).
+* Every image becomes one uint8 array of ``side x side`` pixels: its shorter side is resized to
+  ``side`` (Pillow's bilinear filter, the long side truncated to whole pixels, as torchvision's
+  ``Resize(int)`` does on a PIL image), then the centre square is cropped (offsets rounded as in
+  torchvision's ``CenterCrop``). A square of one size is what lets the whole set sit on the
+  devices as one array with static shapes, as every other dataset does.
+* ``side`` is the smaller of ``store_size`` (``--config.folder_store_size``, 256 by default) and
+  the images' typical shorter side: the median of the shorter sides of up to ``SIDE_SAMPLE``
+  files spread evenly over the folder (their headers only). So images are never stored larger
+  than they mostly are: a folder of 28-pixel scans stays at 28 (upscaling it would only make
+  every step, prediction and export work on more pixels with nothing new in them), while photos
+  are kept at 256, the side d2l 14.2 and torchvision's ImageNet recipe resize to before their 224
+  crops, so ``flaxcnn.augment`` can cut 14.2's crops from them. The price of the square: the sides
+  of a non-square photo beyond the centre square are not kept (d2l's test transform squashes the
+  whole photo to 256x256 instead; we keep the aspect ratio).
 * Channels: 1 if every image of both splits is grey (Pillow modes 1, L, LA, I, I;16, F), else 3;
   grey images in a colour set get three equal channels, palette images count as colour. Alpha is
   dropped, as torchvision's loader (``convert('RGB')``) drops it. EXIF orientation is applied, so
@@ -52,7 +57,8 @@ from flaxcnn.errors import first_line, warn
 
 EVAL_SPLITS = ("test", "valid")  # the first one present is the evaluation split
 CACHE_SUBDIR = "flaxcnn_folder"
-CACHE_VERSION = 1  # bump when what is stored for the same files changes
+CACHE_VERSION = 2  # bump when what is stored for the same files changes (2: the typical side)
+SIDE_SAMPLE = 256  # files whose header sizes set the stored side
 PROGRESS_FROM = 500  # files: smaller folders decode without a progress bar
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 IGNORED_FILES = frozenset({"Thumbs.db", "desktop.ini"})  # and every name starting with "."
@@ -186,6 +192,20 @@ def decode_file(path, height: int, width: int | None = None,
         return fit_image(image, height, width, channels)
 
 
+def stored_side(paths: list[str], store_size: int) -> int:
+    """The side images are stored at: the smaller of `store_size` and the median shorter side of
+    up to SIDE_SAMPLE of `paths`, spread evenly (unreadable files are left out here; decoding
+    reports them)."""
+    sides = []
+    for path in paths[::max(1, len(paths) // SIDE_SAMPLE)]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            pass
+    return min(store_size, int(np.median(sides))) if sides else store_size
+
+
 def _try_decode(path: str, store_size: int):
     try:
         return decode_file(path, store_size), None
@@ -198,11 +218,12 @@ def _decode_folder(root: str, test_split: str, listing, *, store_size: int, skip
     class_names = tuple(listing["train"])
     files = [(split, label, rel) for split in ("train", test_split)
              for label, name in enumerate(class_names) for rel in listing[split][name]]
+    side = stored_side([os.path.join(root, f[2]) for f in files], store_size)
     with concurrent.futures.ThreadPoolExecutor() as pool, tqdm.tqdm(
             total=len(files), desc=f"decoding {root}", unit="image", leave=False,
             disable=not progress or len(files) < PROGRESS_FROM) as bar:
         decoded = []
-        for result in pool.map(lambda f: _try_decode(os.path.join(root, f[2]), store_size), files):
+        for result in pool.map(lambda f: _try_decode(os.path.join(root, f[2]), side), files):
             decoded.append(result)
             bar.update()
     bad = [(rel, error) for (_, _, rel), (_, error) in zip(files, decoded) if error is not None]

@@ -51,11 +51,13 @@ def resize_fn(image_size: int, shape):
 
 
 def train_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, image_size: int,
-                  seed: int, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
-    """One epoch of (images, labels) shuffled by (seed, epoch), as numpy batches.
+                  seed: int, epoch: int, num_batches: int, skip_batches: int = 0
+                  ) -> Iterator[dict]:
+    """One epoch of (images, labels) shuffled by (seed, epoch), as `num_batches` numpy batches.
 
-    Yields ``{'image': uint8 (batch_size, image_size, image_size, C), 'label': int32}`` (the last
-    partial batch is dropped); ``skip_batches=k`` yields the same batches minus the first k.
+    Yields ``{'image': uint8 (batch_size, image_size, image_size, C), 'label': int32, 'mask':
+    bool}``, the last partial batch padded and fully-masked ones after it up to `num_batches` (see
+    :func:`padded`); ``skip_batches=k`` yields the same batches minus the first k.
     """
     tf = tensorflow()
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
@@ -65,8 +67,9 @@ def train_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, im
         ds = ds.skip(int(skip_batches) * batch_size)
     ds = ds.map(resize_fn(image_size, images.shape[1:]), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ({"image": image, "label": label} for image, label in ds.as_numpy_iterator())
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return padded(ds.as_numpy_iterator(), batch_size=batch_size, image_size=image_size,
+                  channels=images.shape[-1], num_batches=num_batches - skip_batches)
 
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, image_size: int,

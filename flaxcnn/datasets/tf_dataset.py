@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from flaxcnn.datasets import streams
 from flaxcnn.datasets.catalog import DataError
-from flaxcnn.datasets.dataset import SPLITS, DatasetInfo
+from flaxcnn.datasets.dataset import SPLITS, DatasetInfo, train_batches_per_epoch
 from flaxcnn.datasets.tf_setup import count, quiet, tensorflow
 
 
@@ -32,8 +32,9 @@ class TfdsDataset:
     process_count: int = 1
 
     def train_batches_per_epoch(self, batch_size: int) -> int:
-        """Batches of `batch_size` per epoch in each process, the same on every process."""
-        return (self.info.num_train // self.process_count) // batch_size
+        """Batches of `batch_size` per epoch in each process, the same on every process (the
+        last one partial)."""
+        return train_batches_per_epoch(self.info.num_train, self.process_count, batch_size)
 
     def load_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """This process's shard of 'train' or 'test' as uint8 (N, H, W, C) images and int32 labels."""
@@ -65,7 +66,7 @@ class TfdsDataset:
             shuffle_seed=order_seed, shuffle_reshuffle_each_iteration=False, try_autocache=False,
             enable_ordering_guard=False)
         with quiet():
-            ds = self.builder.as_dataset(split=self._shard("train", drop_remainder=True),
+            ds = self.builder.as_dataset(split=self._shard("train"),
                                          shuffle_files=True, read_config=read_config,
                                          decoders={"image": tfds.decode.SkipDecoding()})
         ds = ds.map(lambda ex: (ex["image"], ex["label"]))
@@ -74,8 +75,10 @@ class TfdsDataset:
             ds = ds.skip(int(skip_batches) * batch_size)
         ds = ds.map(self._decode_and_resize(image_size), num_parallel_calls=tf.data.AUTOTUNE,
                     deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-        return ({"image": image, "label": label} for image, label in tfds.as_numpy(ds))
+        ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return streams.padded(tfds.as_numpy(ds), batch_size=batch_size, image_size=image_size,
+                              channels=self.info.channels,
+                              num_batches=self.train_batches_per_epoch(batch_size) - skip_batches)
 
     def stream_eval(self, *, batch_size: int, image_size: int) -> Iterator[dict]:
         """Every test example of this process's shard once; see :func:`streams.padded`."""
@@ -92,13 +95,12 @@ class TfdsDataset:
         return streams.padded(tfds.as_numpy(ds), batch_size=batch_size, image_size=image_size,
                               channels=self.info.channels, num_batches=num_batches)
 
-    def _shard(self, split: str, drop_remainder: bool = False) -> str:
+    def _shard(self, split: str) -> str:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         name = self.train_split if split == "train" else self.test_split
         return tfds.split_for_jax_process(name, process_index=self.process_index,
-                                          process_count=self.process_count,
-                                          drop_remainder=drop_remainder)
+                                          process_count=self.process_count)
 
     def _decode_and_resize(self, image_size: int):
         """A tf function: encoded image -> uint8 (image_size, image_size, C), resized if needed."""

@@ -61,7 +61,8 @@ class DenseNet(nn.Module):
     `num_channels`, BatchNorm, ReLU, 3x3 stride-2 max-pooling), dense blocks of `arch`
     convolution blocks each with a transition block halving the channels between them, then
     BatchNorm, ReLU, global average pooling and a dense layer. `bn_axis_name`: the pmap axis
-    to average the batch statistics over (None: each device's own batch)."""
+    to sum the batch statistics over (None: each device's own batch); `mask` (N,): the real
+    examples of a padded batch."""
 
     num_channels: int = 64
     growth_rate: int = 32
@@ -79,9 +80,9 @@ class DenseNet(nn.Module):
         return smallest_input(STEM_WINDOWS + [(2, 2, 0)] * (len(self.arch) - 1))
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = network_norm(self, train)
+        norm = network_norm(self, train, mask)
         x = stem(x, self.num_channels, norm, dtype=self.dtype)
         channels = self.num_channels
         for i, num_convs in enumerate(self.arch):

@@ -196,8 +196,8 @@ class InceptionV3(nn.Module):
     auxiliary loss, apply with mutable=["batch_stats", "intermediates"] and read
     variables["intermediates"]["aux_logits"][0]. Applied without "intermediates" mutable, the
     head still updates its BatchNorm statistics, but its logits go nowhere and its parameters
-    get no gradient. `bn_axis_name`: the pmap axis to average the batch statistics over (None:
-    each device's own batch).
+    get no gradient. `bn_axis_name`: the pmap axis to sum the batch statistics over (None:
+    each device's own batch); `mask` (N,): the real examples of a padded batch.
 
     `transform_input=True` is torchvision's option that its ImageNet weights (Google's, trained
     on pixels scaled to [-1, 1]) are loaded with: it takes RGB images normalized with ImageNet's
@@ -222,11 +222,11 @@ class InceptionV3(nn.Module):
         return size
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
         if self.transform_input:
             x = imagenet_to_inception_input(x)
-        norm = network_norm(self, train)
+        norm = network_norm(self, train, mask)
         c = partial(BasicConv2d, norm=norm, dtype=self.dtype)
         x = c(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
         x = c(32, (3, 3), name="Conv2d_2a_3x3")(x)

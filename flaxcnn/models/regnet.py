@@ -27,7 +27,8 @@ REGNETX32_ARCH = ((4, 32, 16, 1), (6, 80, 16, 1))
 class AnyNet(nn.Module):
     """d2l's AnyNet(arch, stem_channels): `arch` lists (depth, num_channels, groups, bot_mul) per
     stage, `groups` being the group width as in `ResNeXtBlock`. `bn_axis_name`: the pmap axis
-    to average the batch statistics over (None: each device's own batch)."""
+    to sum the batch statistics over (None: each device's own batch); `mask` (N,): the real
+    examples of a padded batch."""
 
     arch: Sequence[tuple[int, int, int, float]] = REGNETX32_ARCH
     stem_channels: int = 32
@@ -43,9 +44,9 @@ class AnyNet(nn.Module):
         return smallest_input([(3, 2, 1)] * (1 + len(self.arch)))
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
-        norm = network_norm(self, train)
+        norm = network_norm(self, train, mask)
         x = nn.relu(norm()(conv(x, self.stem_channels, (3, 3), strides=2, padding=1, dtype=self.dtype)))
         for depth, num_channels, groups, bot_mul in self.arch:
             for i in range(depth):

@@ -10,8 +10,8 @@ When a block changes the shape, the shortcut goes through a 1x1 convolution with
 block's stride. `ResNeXtBlock` is d2l's ResNeXt block (section 8.6.5), which RegNetX
 (regnet.py) stacks.
 
-The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis;
-batchnorm.py's `network_norm`) and hands it to its blocks as the field `norm`; each block
+The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis, the
+batch's mask; batchnorm.py's `network_norm`) and hands it to its blocks as the field `norm`; each block
 creates its BatchNorm layers with `self.norm()`.
 """
 from collections.abc import Sequence
@@ -149,8 +149,8 @@ class ResNet(nn.Module):
     width. `block`: "residual" is d2l's ResNet with `Residual` blocks (biased stem
     convolution); "basic" and "bottleneck" are torchvision's, with a bias-free stem and
     `BasicBlock` or `Bottleneck` blocks, the latter of `cardinality` groups of `base_width`
-    channels (ResNeXt) if given. `bn_axis_name`: the pmap axis to average the batch statistics
-    over (None: each device's own batch)."""
+    channels (ResNeXt) if given. `bn_axis_name`: the pmap axis to sum the batch statistics
+    over (None: each device's own batch); `mask` (N,): the real examples of a padded batch."""
 
     arch: Sequence[tuple[int, int]] = ((2, 64), (2, 128), (2, 256), (2, 512))
     block: str = "residual"
@@ -169,11 +169,11 @@ class ResNet(nn.Module):
         return smallest_input(STEM_WINDOWS + [(3, 2, 1)] * (len(self.arch) - 1))
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, mask=None):
         check_input_size(type(self).__name__, x.shape, self.min_input_size)
         if self.block not in BLOCKS:
             raise ValueError(f"unknown ResNet block {self.block!r}; use one of {', '.join(BLOCKS)}")
-        norm = network_norm(self, train)
+        norm = network_norm(self, train, mask)
         x = stem(x, 64, norm, use_bias=self.block == "residual", dtype=self.dtype)
         for stage, (num_blocks, channels) in enumerate(self.arch):
             for index in range(num_blocks):
