@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import importlib
 import inspect
-import json
 import os
 import platform
 import tempfile
@@ -104,6 +103,12 @@ class Section:
         self.config_variant = variant if full_data else "sample"
         self.data_description = (FULL_DESCRIPTION if full_data else SAMPLE_DESCRIPTION) + \
             f" (configs/{self.config_file_argument})"
+
+    @property
+    def num_epochs(self) -> int:
+        """The experiment's epochs (as its config has them, whatever FLAXCNN_SMOKE does)."""
+        return self.module.get_config(*([self.config_variant] if self.config_variant else [])
+                                      ).num_epochs
 
     @property
     def config_file_argument(self) -> str:
@@ -200,16 +205,6 @@ def smoke_data() -> str:
 
 
 _smoke_folder = None
-
-
-def epoch_line(record: dict, epoch: int) -> str:
-    """What the run that returned `record` printed after `epoch` epochs (or its last, if fewer),
-    in d2l's words: to compare a shorter exercise with it."""
-    lines = (Path(record["workdir"]) / "metrics.jsonl").read_text().splitlines()
-    rows = [row for row in map(json.loads, lines) if row["epoch"] <= epoch]
-    row = rows[-1]
-    return (f"after {row['epoch']} epochs: loss {row['train_loss']:.3f}, train acc "
-            f"{row['train_accuracy']:.3f}, test acc {row['test_accuracy']:.3f}")
 
 
 def new_workdir(name: str) -> Path:

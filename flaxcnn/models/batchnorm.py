@@ -39,11 +39,6 @@ from flaxcnn.models.input_size import check_input_size, smallest_input
 # pmap axis, the batch's mask), which each block calls as `self.norm()(x)` for a new layer.
 ModuleDef = Any
 
-# The norm of a block built on its own, as d2l builds one (`Residual(3)`): flax's BatchNorm in
-# training mode with d2l's momentum and epsilon. Inside a network the network hands its blocks
-# its own (`network_norm`).
-block_norm = partial(nn.BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5)
-
 
 def network_norm(network: nn.Module, train: bool, mask=None, *,
                  unbiased_running_var: bool = True) -> ModuleDef:
@@ -136,6 +131,13 @@ class BatchNorm(nn.Module):
         if train and not initializing:
             moving_mean.value, moving_var.value = new_mean, new_var
         return y.astype(self.dtype or jnp.result_type(x, scale))
+
+
+# The norm of a block built on its own, as d2l builds one (`Residual(3)`): the layer above in
+# training mode, as d2l's nn.BatchNorm2d is by default (momentum, epsilon and running variance in
+# torch's convention). Inside a network the network hands its blocks its own (`network_norm`).
+block_norm = partial(BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5,
+                     unbiased_running_var=True)
 
 
 class LeNetBN(nn.Module):
