@@ -300,3 +300,38 @@ def show_source(*objects):
 
     for thing in objects:
         display(Code(inspect.getsource(thing), language="python"))
+
+
+def store(markdown_paths, timeout: int = 3600) -> dict:
+    """Runs each notebook's MyST markdown (notebooks/<name>.md) top to bottom for real (without
+    FLAXCNN_SMOKE) and writes its .ipynb twin with the outputs, cell metadata removed and only the
+    kernel's and jupytext's notebook metadata kept; returns {path: seconds}. Needs the test extra's
+    nbclient, ipykernel and jupytext:
+
+        python -m flaxcnn.course notebooks/alexnet.md [notebooks/vgg.md ...]
+    """
+    import jupytext
+    from nbclient import NotebookClient
+
+    os.environ.pop(SMOKE_VARIABLE, None)
+    seconds = {}
+    for path in map(Path, markdown_paths):
+        notebook = jupytext.read(path)
+        started = time.perf_counter()
+        NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        seconds[str(path)] = time.perf_counter() - started
+        for cell in notebook.cells:
+            cell.metadata = {key: value for key, value in cell.metadata.items() if key == "tags"}
+        notebook.metadata = {key: value for key, value in notebook.metadata.items()
+                             if key in ("kernelspec", "jupytext")}
+        jupytext.write(notebook, path.with_suffix(".ipynb"))
+        print(f"{path.with_suffix('.ipynb')}: run and stored in {seconds[str(path)]:.0f} s",
+              flush=True)
+    return seconds
+
+
+if __name__ == "__main__":
+    import sys
+
+    store(sys.argv[1:])
