@@ -99,6 +99,6 @@ def test_section_notebook_runs_top_to_bottom_in_its_short_mode(section, tmp_path
     assert "d2l printed no test accuracy" in text or "d2l's builds printed test acc 0." in text
     assert pictures(notebook) and all(p.format == "PNG" for p in pictures(notebook))  # the plot
     # a new workdir per training, unless the notebook continues a run on purpose
-    trained = set(re.findall(r"; workdir (runs/\S+)$", text, flags=re.M))
-    assert {f"runs/{path.name}" for path in (tmp_path / "runs").iterdir()} == trained
-    assert len(trained) == len(accuracies) - text.count("resuming from checkpoint")
+    trainings = re.findall(r"^training .*; workdir (runs/\S+)$", text, flags=re.M)
+    assert {f"runs/{path.name}" for path in (tmp_path / "runs").iterdir()} == set(trainings)
+    assert len(set(trainings)) == len(trainings) - text.count("resuming from checkpoint")
