@@ -6,11 +6,14 @@
    decision is made (`checkpoint.decide_resume`): its refusals come before any data is read.
 3. `resolve_dataset`: the dataset, resolved once (process 0 first: it prepares a shared data_dir).
 4. `build_run`: model, optimizer and a fresh `training.RunState` (train state, keys, running sums).
-5. `checkpoint.restore_newest`: the newest good checkpoint restored into it, when resuming.
+5. `checkpoint.restore_newest`: the newest good checkpoint restored into it, when resuming. A run
+   that has already trained its epochs stops here with one line (`already_trained`); the others
+   print their header (`announce_run`: where, what, on what, how; a warning when an epoch has too
+   few steps to learn in) and, resuming, the checkpoint and the settings changed since.
 6. `build_pipeline`: the data on the devices, or a tf.data stream for data too big for them.
 7. `EpochLoop.train`: chunks of steps, an evaluation of every test example each epoch, the epoch's
    outputs (`flaxcnn.outputs`) and checkpoint; a signal stops it with a checkpoint saved; then the
-   last pictures and where the time went (`runtime.Chrono`).
+   last pictures and where the time went (`runtime.Chrono`); last, the workdir and what is in it.
 
 Where the run is comes from the step alone: epoch = step // steps_per_epoch (the batch size and the
 dataset, hence steps_per_epoch, cannot change on resume).
@@ -69,8 +72,8 @@ def train_and_evaluate(config, workdir, on_epoch: Callable[[list[dict]], None] |
         dataset = resolve_dataset(config)
         run = build_run(config, dataset, resuming)
         state = checkpoint.restore_newest(checkpoints, run.fresh) if resuming else run.fresh
-        finished = position(state.train.step, run.steps_per_epoch)[0] if resuming else 0
-        if finished >= config.num_epochs and not config.eval_only:
+        finished = position(state.train.step, run.steps_per_epoch)[0]
+        if resuming and finished >= config.num_epochs and not config.eval_only:
             return already_trained(workdir, finished)
         announce_run(config, workdir, dataset.info, run)
         if resuming:
@@ -282,7 +285,8 @@ def announce_resume(checkpoints: Checkpoints, step: int, steps_per_epoch: int, c
         epoch, step_in_epoch = position(step, steps_per_epoch)
         print(f"resuming from checkpoint {checkpoints.directory / str(step)}: step {step}, epoch "
               f"{epoch}" + (f" + {step_in_epoch} steps" if step_in_epoch else "")
-              + ("; changed from the checkpointed run: " + ", ".join(changed) if changed else ""), flush=True)
+              + ("; changed from the checkpointed run: " + ", ".join(changed) if changed else ""),
+              flush=True)
 
 
 # ------------------------------------------------------------------------------- 6. the pipeline
