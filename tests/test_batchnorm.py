@@ -184,8 +184,9 @@ sys.path.insert(0, str(FIXTURES))
 from pretrained_tensors import reference_tensor  # noqa: E402
 
 # d2l's LeNet-BN nn.Sequential positions -> flax's module names
-TORCH_LAYERS = {"0": "Conv_0", "1": "BatchNorm_0", "4": "Conv_1", "5": "BatchNorm_1", "9": "Dense_0",
-                "10": "BatchNorm_2", "12": "Dense_1", "13": "BatchNorm_3", "15": "Dense_2"}
+TORCH_LAYERS = {"0": "Conv_0", "1": "BatchNorm_0", "4": "Conv_1", "5": "BatchNorm_1",
+                "9": "Dense_0", "10": "BatchNorm_2", "12": "Dense_1", "13": "BatchNorm_3",
+                "15": "Dense_2"}
 
 
 def flax_layout(module: str, kind: str, weight: np.ndarray) -> np.ndarray:
@@ -200,7 +201,7 @@ def flax_layout(module: str, kind: str, weight: np.ndarray) -> np.ndarray:
 
 
 def reference_params(params) -> dict:
-    """The fixture's weights (pretrained_tensors.reference_tensor of the torch names) as `params`."""
+    """The fixture's weights (pretrained_tensors.reference_tensor of torch's names) as `params`."""
     out = {}
     for position, module in TORCH_LAYERS.items():
         out[module] = {}
