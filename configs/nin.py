@@ -18,7 +18,7 @@ English v1.0 edition (d2l.Trainer; it prints no accuracy, only curves):
 from configs import default
 
 # The :sample variant (see its docstring above): provisional settings, being measured.
-SAMPLE = dict(image_size=68, batch_size=32, learning_rate=0.001, num_epochs=3, optimizer="adamw")
+SAMPLE = dict(image_size=68, batch_size=32, learning_rate=0.0003, num_epochs=3, optimizer="adamw")
 
 
 def get_config(variant: str = "course"):
