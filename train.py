@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/nin.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where the run writes everything; default runs/<config>-<time>.")
-# Several processes (README, "Several hosts"); the names are jax.distributed.initialize's.
+# Several processes (the book's docs/several-hosts.md); the names are jax.distributed.initialize's.
 flags.DEFINE_bool("distributed", None, "Join a cluster with jax.distributed.initialize()'s "
                   "auto-detection (TPU pod, SLURM, Open MPI); default: join when a cluster flag "
                   "below is given or srun/mpirun launched several processes.")

@@ -1,4 +1,4 @@
-"""What a run writes besides checkpoints (the README lists it), and its progress bar.
+"""What a run writes besides checkpoints (the book lists it: docs/training.md), and its progress bar.
 
 Only process 0 writes files and prints the epoch lines. The pictures are drawn in one background
 thread, so drawing them never holds up the steps (on an accelerator the host is idle meanwhile);

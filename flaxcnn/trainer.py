@@ -53,9 +53,11 @@ class Interrupted(Exception):
         self.exit_code = 128 + int(signum)
 
 
-def train_and_evaluate(config, workdir) -> dict:
+def train_and_evaluate(config, workdir, on_epoch: Callable[[list[dict]], None] | None = None) -> dict:
     """Trains `config` in `workdir`, resuming what is there, and returns the last epoch's metrics
-    (with eval_only: evaluates the newest checkpoint and returns that record).
+    (with eval_only: evaluates the newest checkpoint and returns that record). `on_epoch`, if
+    given, is called on process 0 after each epoch with every epoch's record so far (metrics.jsonl's
+    rows; the notebooks redraw their plot with it).
 
     Raises UserError (one line, nothing lost) for bad input, and Interrupted after a SIGTERM or
     Ctrl-C once the checkpoint is saved.
@@ -86,7 +88,7 @@ def train_and_evaluate(config, workdir) -> dict:
             outputs = stack.enter_context(Outputs(config, workdir, dataset.info))
             signals = stack.enter_context(runtime.Signals())
             loop = EpochLoop(config, run, pipeline, checkpoints, outputs, signals, chrono,
-                             saved_step)
+                             saved_step, on_epoch)
             record = loop.train(state)
     announce_contents(workdir)
     return record
@@ -378,6 +380,7 @@ class EpochLoop:
     signals: runtime.Signals
     chrono: runtime.Chrono
     saved_step: int | None  # the newest step already in a checkpoint
+    on_epoch: Callable[[list[dict]], None] | None = None
 
     def train(self, state) -> dict:
         """Trains from the replicated RunState `state` to the last epoch; returns its record."""
@@ -457,6 +460,8 @@ class EpochLoop:
             self.outputs.record_epoch(record)
             if test["epoch"] % config.checkpoint_every_epochs == 0:
                 self.save(state)
+        if self.on_epoch is not None and jax.process_index() == 0:
+            self.on_epoch(self.outputs.records())
         return state, record, predictions
 
     def save(self, state) -> Path:

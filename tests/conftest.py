@@ -88,11 +88,11 @@ def run_config(tfds_dir):
     return lambda **overrides: config_of("batchnorm", tfds_dir, **{**RUN, **overrides})
 
 
-def train_to_end(config, workdir) -> dict:
+def train_to_end(config, workdir, **kwargs) -> dict:
     """trainer.train_and_evaluate, checking that it returned the run's last recorded line."""
     from flaxcnn import trainer
 
-    record = trainer.train_and_evaluate(config, workdir)
+    record = trainer.train_and_evaluate(config, workdir, **kwargs)
     log = Path(workdir) / ("eval.jsonl" if config.eval_only else "metrics.jsonl")
     assert record == json.loads(log.read_text().splitlines()[-1])
     return record

@@ -224,3 +224,24 @@ def test_inception_aux_maps_a_17x17_grid_to_logits():
     shape, variables = output_and_variables(InceptionAux(10, EVAL_NORM), (2, 17, 17, 768))
     assert shape == (2, 10)
     assert param_count(variables["params"]) == 768 * 128 + 2 * 128 + 5 * 5 * 128 * 768 + 2 * 768 + 768 * 10 + 10
+
+
+def test_blocks_build_with_d2ls_names_and_arguments_alone():
+    """As the book builds them, without a network's norm: BatchNorm in training mode, its
+    statistics updated by apply(..., mutable=["batch_stats"])."""
+    from flaxcnn.models.densenet import transition_block
+
+    for block, channels, shape in [(Residual(3), 3, (4, 6, 6, 3)),
+                                   (Residual(6, use_1x1conv=True, strides=2), 3, (4, 3, 3, 6)),
+                                   (ResNeXtBlock(32, 16, 1), 32, (4, 6, 6, 32)),
+                                   (DenseBlock(2, 10), 3, (4, 6, 6, 23)),
+                                   (transition_block(10), 3, (4, 3, 3, 10))]:
+        x = jax.random.normal(jax.random.key(1), (4, 6, 6, channels))
+        variables = block.init(jax.random.key(0), x)
+        y, updates = block.apply(variables, x + 1, mutable=["batch_stats"])
+        assert y.shape == shape, block
+        moved = jax.tree_util.tree_map(lambda new, old: bool(jnp.any(new != old)),
+                                       updates["batch_stats"], variables["batch_stats"])
+        assert all(jax.tree_util.tree_leaves(moved)), block  # training mode: statistics move
+    with pytest.raises(TypeError):
+        Residual()

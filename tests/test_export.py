@@ -139,8 +139,8 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "has no config.json, so it is not a flaxcnn run" in err
 
 
-def test_the_readmes_reload_example_runs(exported):
-    text = (Path(REPO) / "README.md").read_text()
+def test_the_books_reload_example_runs(exported):
+    text = (Path(REPO) / "docs" / "predict-export.md").read_text()
     (example,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
                   if "deserialize" in b]
     namespace = {}

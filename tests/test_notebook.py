@@ -1,33 +1,104 @@
-"""notebooks/colab_quickstart.ipynb runs top to bottom on CPU with the bundled sample."""
+"""The notebooks run top to bottom on a CPU: the quickstart on the bundled sample, and each section's
+notebook in its short mode (FLAXCNN_SMOKE=1, flaxcnn.course), printing its shapes and a test
+accuracy; each section's notebook is the jupytext pair of its reviewed MyST markdown, with the
+outputs of a real run stored and its metadata clean."""
 import base64
 import io
+import os
+import re
 from pathlib import Path
 
+import jupytext
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
+from flaxcnn import course
 from tests.conftest import REPO
 
+NOTEBOOKS = Path(REPO) / "notebooks"
+SECTIONS = sorted(path.stem for path in NOTEBOOKS.glob("*.md"))
 
-def test_colab_quickstart_runs_top_to_bottom(tmp_path, tfds_dir, monkeypatch):
-    # A scratch checkout (links to this one), so the run's workdir lands in tmp_path.
+
+def scratch_checkout(tmp_path):
+    """A checkout that links to this one, so that the runs' workdirs land in tmp_path."""
     for name in ("train.py", "configs", "flaxcnn", "requirements.txt"):
         (tmp_path / name).symlink_to(Path(REPO) / name)
     (tmp_path / "notebooks").mkdir()
-    notebook = nbformat.read(Path(REPO) / "notebooks" / "colab_quickstart.ipynb", as_version=4)
-    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)  # the kernel inherits it
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path / "notebooks")}}).execute()
+    return tmp_path / "notebooks"
 
-    text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+
+def execute(notebook, tmp_path):
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(scratch_checkout(tmp_path))}}).execute()
+    return notebook
+
+
+def printed(notebook) -> str:
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
                    for output in cell.outputs)
+
+
+def pictures(notebook) -> list:
+    return [Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"])))
+            for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+            if "image/png" in output.get("data", {})]
+
+
+def test_colab_quickstart_runs_top_to_bottom(tmp_path, tfds_dir, monkeypatch):
+    notebook = nbformat.read(NOTEBOOKS / "colab_quickstart.ipynb", as_version=4)
+    assert f'"https://github.com/{course.REPOSITORY}.git"' in notebook.cells[1].source
+    monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)  # the kernel inherits it
+    text = printed(execute(notebook, tmp_path))
     assert f"working in {tmp_path}" in text
     assert "$ pip" not in text  # inside a checkout the install cell installs nothing
     assert "config: configs/batchnorm.py --config.dataset=fashion_mnist_sample" in text
     assert "epoch 10/10" in text and "after 10 epochs: test accuracy 0." in text
-    pictures = [Image.open(io.BytesIO(base64.b64decode(output["data"]["image/png"])))
-                for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
-                if "image/png" in output.get("data", {})]
-    assert [p.format for p in pictures] == ["PNG"] * 3
+    assert [p.format for p in pictures(notebook)] == ["PNG"] * 3
     assert (tmp_path / "runs" / "quickstart-cpu" / "checkpoints").is_dir()
+
+
+def test_there_is_a_notebook_for_every_section_of_the_chapter():
+    assert SECTIONS == ["alexnet", "batch-norm", "densenet", "googlenet", "nin", "regnet",
+                        "resnet", "vgg"]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_section_notebook_is_the_pair_of_its_markdown_with_a_real_run_stored(section):
+    markdown = jupytext.read(NOTEBOOKS / f"{section}.md")
+    stored = nbformat.read(NOTEBOOKS / f"{section}.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in stored.cells] == \
+        [(c.cell_type, c.source) for c in markdown.cells], \
+        f"out of sync: run `jupytext --sync notebooks/{section}.md` (or --to ipynb) and re-run it"
+    code = [cell for cell in stored.cells if cell.cell_type == "code"]
+    assert all(cell.outputs for cell in code), "store the outputs of a real run"
+    assert "data: " in printed(nbformat.v4.new_notebook(cells=code[:1]))  # where, when, what data
+    assert "FLAXCNN_SMOKE" not in printed(stored)  # a real run, not the short mode
+    assert all(set(cell.metadata) <= {"tags"} for cell in stored.cells)  # metadata cleaned
+    badge = f"https://colab.research.google.com/github/{course.REPOSITORY}/blob/main/notebooks/"
+    assert badge + f"{section}.ipynb" in stored.cells[0].source
+    assert f'REPO_URL = "https://github.com/{course.REPOSITORY}.git"' in code[0].source
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_section_notebook_runs_top_to_bottom_in_its_short_mode(section, tmp_path, monkeypatch):
+    monkeypatch.setenv(course.SMOKE_VARIABLE, "1")  # the kernel inherits it
+    # XLA:CPU compiles about twice as fast without its backend optimizations; the short mode's few
+    # steps are not worth them.
+    monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"] + " --xla_backend_optimization_level=0")
+    notebook = execute(jupytext.read(NOTEBOOKS / f"{section}.md"), tmp_path)
+    text = printed(notebook)
+    assert "data: the bundled 1,003-image Fashion-MNIST sample" in text
+    assert re.search(r"^output +output shape: \(1, 10\)$", text, flags=re.M)  # the network
+    assert re.search(r"python train\.py --config configs/\S+\.py:sample", text)
+    accuracies = re.findall(r"^loss \d\.\d{3}, train acc (\d\.\d{3}), test acc (\d\.\d{3})$", text,
+                            flags=re.M)
+    assert accuracies, text[-2000:]
+    assert re.search(r"^\d[\d.]* examples/sec on 4 x cpu \(cpu\)$", text, flags=re.M)
+    assert "d2l printed no test accuracy" in text or "d2l's builds printed test acc 0." in text
+    assert pictures(notebook) and all(p.format == "PNG" for p in pictures(notebook))  # the plot
+    # a new workdir per training, unless the notebook continues a run on purpose
+    trainings = re.findall(r"^training .*; workdir (runs/\S+)$", text, flags=re.M)
+    assert {f"runs/{path.name}" for path in (tmp_path / "runs").iterdir()} == set(trainings)
+    assert len(set(trainings)) == len(trainings) - text.count("resuming from checkpoint")

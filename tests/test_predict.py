@@ -175,8 +175,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_an_older_one_and_changes_noth
     jax.tree.map(np.testing.assert_array_equal, variables, original)
 
 
-def test_the_readmes_load_run_example_runs(run, capsys, monkeypatch):
-    text = (Path(REPO) / "README.md").read_text()
+def test_the_books_load_run_example_runs(run, capsys, monkeypatch):
+    text = (Path(REPO) / "docs" / "predict-export.md").read_text()
     (example,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_run" in b]
     monkeypatch.chdir(REPO)  # the image path is the checkout's
     exec(example.replace("runs/lenet-files", str(run)), {})  # pylint: disable=exec-used

@@ -1,4 +1,5 @@
-"""Every command in README.md runs, at tiny sizes, so the README cannot rot.
+"""Every command in README.md and in the book's pages (docs/*.md) runs, at tiny sizes, so neither
+can rot.
 
 Each ```bash block is a test: its commands run in order in a scratch folder that links to the
 checkout (so `runs/...` land there); train.py commands go through train.py's own flag parsing and
@@ -25,9 +26,13 @@ SETUP = "python3 -m venv .venv && . .venv/bin/activate && pip install -r require
 TEST_COMMAND = "python -m pytest -q -n 2"
 
 
-def readme_blocks() -> list[list[str]]:
-    text = (Path(REPO) / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+def readme_blocks(pages=("README.md", *sorted(f"docs/{p.name}" for p in Path(REPO, "docs").glob("*.md")))
+                  ) -> list[list[str]]:
+    """The ```bash blocks of README.md and the book's pages, each a list of its commands."""
+    blocks = []
+    for page in pages:
+        text = (Path(REPO) / page).read_text()
+        blocks += re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     return [[line.strip() for line in block.splitlines() if line.strip()] for block in blocks]
 
 
@@ -63,7 +68,7 @@ def tiny(command: str, tfds_dir: str, scratch: Path) -> list[str]:
 
 
 def test_the_readme_test_command_is_what_ci_runs():
-    assert [SETUP + TEST_COMMAND] in readme_blocks()
+    assert [SETUP + TEST_COMMAND] in readme_blocks(pages=("README.md",))
     ci = (Path(REPO) / ".ci" / "run").read_text()
     assert SETUP + TEST_COMMAND in ci.splitlines()
 
@@ -71,11 +76,22 @@ def test_the_readme_test_command_is_what_ci_runs():
 RUNNABLE = [block for block in readme_blocks() if block != [SETUP + TEST_COMMAND]]
 
 
-def test_the_readme_shows_every_tool():
+def test_the_readme_is_short_and_points_into_the_book():
+    text = (Path(REPO) / "README.md").read_text()
+    assert len(text.encode()) < 10_000
+    for page in set(Path(REPO, "docs").glob("*.md")) - {Path(REPO, "docs", "index.md")}:
+        assert f"`docs/{page.name}`" in text, page.name
+
+
+def test_the_readme_and_the_book_show_every_tool():
     commands = " ".join(line for block in RUNNABLE for line in block)
     for tool in ("train.py", "flaxcnn.compare", "flaxcnn.summary", "flaxcnn.bench", "tensorboard",
                  "jax[cuda12]", "jax[tpu]", "eval_only", "idx_dir"):
         assert tool in commands
+
+
+# a block that appears twice (README.md and the book's getting started) runs once
+RUNNABLE = [block for i, block in enumerate(RUNNABLE) if block not in RUNNABLE[:i]]
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b[0].removeprefix(SETUP)[:60] for b in RUNNABLE])

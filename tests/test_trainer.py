@@ -57,8 +57,10 @@ def test_lenet_bn_learns_the_real_fashion_mnist_sample(make_config, tmp_path):
     # seed 0 reaches 0.674. Chance is 0.1.
     config = make_config("batchnorm", dataset="fashion_mnist_sample", batch_size=64,
                          learning_rate=1.0, num_epochs=30)
-    train_to_end(config, tmp_path)
+    seen = []  # what on_epoch (the notebooks' live plot) is given after each epoch
+    train_to_end(config, tmp_path, on_epoch=lambda records: seen.append(list(records)))
     metrics = read_metrics(tmp_path)
+    assert seen == [metrics[:epoch] for epoch in range(1, 31)]
     assert [m["epoch"] for m in metrics] == list(range(1, 31))
     assert all(m["test_examples"] == 1003 for m in metrics)  # every test image, not 15 x 64
     assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]

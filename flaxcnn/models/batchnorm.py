@@ -133,6 +133,13 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype or jnp.result_type(x, scale))
 
 
+# The norm of a block built on its own, as d2l builds one (`Residual(3)`): the layer above in
+# training mode, as d2l's nn.BatchNorm2d is by default (momentum, epsilon and running variance in
+# torch's convention). Inside a network the network hands its blocks its own (`network_norm`).
+block_norm = partial(BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5,
+                     unbiased_running_var=True)
+
+
 class LeNetBN(nn.Module):
     """LeNet-5 with batch normalization after every convolution and hidden dense layer, and
     sigmoid activations. `batch_norm_from_scratch`: d2l's from-scratch `batch_norm` (a biased

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import ModuleDef, network_norm
+from flaxcnn.models.batchnorm import ModuleDef, block_norm, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 from flaxcnn.models.resnet import STEM_WINDOWS, stem
@@ -21,11 +21,11 @@ from flaxcnn.models.resnet import STEM_WINDOWS, stem
 
 class DenseBlock(nn.Module):
     """d2l's DenseBlock(num_convs, num_channels): outputs input channels + num_convs * num_channels
-    channels at the input's height and width."""
+    channels at the input's height and width. On its own it normalizes with `block_norm`."""
 
     num_convs: int
     num_channels: int  # the growth rate
-    norm: ModuleDef
+    norm: ModuleDef = block_norm
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -38,16 +38,22 @@ class DenseBlock(nn.Module):
 
 class TransitionBlock(nn.Module):
     """d2l's transition_block(num_channels): BatchNorm, ReLU, 1x1 convolution to num_channels,
-    2x2 stride-2 average pooling (halving height and width, rounding down)."""
+    2x2 stride-2 average pooling (halving height and width, rounding down). On its own it
+    normalizes with `block_norm`."""
 
     num_channels: int
-    norm: ModuleDef
+    norm: ModuleDef = block_norm
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         x = conv(nn.relu(self.norm()(x)), self.num_channels, (1, 1), dtype=self.dtype)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def transition_block(num_channels: int) -> TransitionBlock:
+    """d2l's `transition_block(num_channels)`: a `TransitionBlock` on its own."""
+    return TransitionBlock(num_channels)
 
 
 class DenseNet(nn.Module):

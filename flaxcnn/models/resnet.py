@@ -21,7 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxcnn.models.batchnorm import ModuleDef, network_norm
+from flaxcnn.models.batchnorm import ModuleDef, block_norm, network_norm
 from flaxcnn.models.init import conv, dense
 from flaxcnn.models.input_size import check_input_size, smallest_input
 from flaxcnn.models.pooling import max_pool
@@ -41,10 +41,11 @@ def stem(x, num_channels: int, norm: ModuleDef, *, use_bias: bool = True, dtype:
 
 
 class Residual(nn.Module):
-    """d2l's basic block: biased convolutions, no BatchNorm on the 1x1 shortcut."""
+    """d2l's Residual(num_channels, use_1x1conv=False, strides=1): biased convolutions, no
+    BatchNorm on the 1x1 shortcut. On its own it normalizes with `block_norm`."""
 
     num_channels: int
-    norm: ModuleDef
+    norm: ModuleDef = block_norm
     use_1x1conv: bool = False
     strides: int = 1
     dtype: Any = jnp.float32
@@ -117,12 +118,12 @@ class ResNeXtBlock(nn.Module):
     `use_1x1conv`, a strided 1x1 convolution and BatchNorm on the shortcut. As in d2l,
     `groups` is the WIDTH of a group (channels per group), not the number of groups: the
     3x3 convolution has bot_channels // groups groups. Convolutions have biases (d2l's
-    nn.LazyConv2d)."""
+    nn.LazyConv2d). On its own it normalizes with `block_norm`."""
 
     num_channels: int
     groups: int
     bot_mul: float
-    norm: ModuleDef
+    norm: ModuleDef = block_norm
     use_1x1conv: bool = False
     strides: int = 1
     dtype: Any = jnp.float32
