@@ -81,8 +81,7 @@ def test_section_notebook_is_the_pair_of_its_markdown_with_a_real_run_stored(sec
     assert f'REPO_URL = "https://github.com/{course.REPOSITORY}.git"' in code[0].source
 
 
-@pytest.mark.parametrize("section", SECTIONS)
-def test_section_notebook_runs_top_to_bottom_in_its_short_mode(section, tmp_path, monkeypatch):
+def runs_top_to_bottom_in_its_short_mode(section, tmp_path, monkeypatch):
     monkeypatch.setenv(course.SMOKE_VARIABLE, "1")  # the kernel inherits it
     # XLA:CPU compiles about twice as fast without its backend optimizations; the short mode's few
     # steps are not worth them.
@@ -102,3 +101,20 @@ def test_section_notebook_runs_top_to_bottom_in_its_short_mode(section, tmp_path
     trainings = re.findall(r"^training .*; workdir (runs/\S+)$", text, flags=re.M)
     assert {f"runs/{path.name}" for path in (tmp_path / "runs").iterdir()} == set(trainings)
     assert len(set(trainings)) == len(trainings) - text.count("resuming from checkpoint")
+
+
+def short_mode_test(section):
+    """A class of one test per notebook: pytest.ini's --dist loadscope keeps a module's functions
+    on one xdist worker but spreads classes, and each notebook's run takes tens of seconds."""
+
+    def test_section_notebook_runs_top_to_bottom_in_its_short_mode(self, tmp_path, monkeypatch):
+        runs_top_to_bottom_in_its_short_mode(section, tmp_path, monkeypatch)
+
+    name = "TestShortMode" + "".join(part.title() for part in section.split("-"))
+    return type(name, (), {"test_section_notebook_runs_top_to_bottom_in_its_short_mode":
+                           test_section_notebook_runs_top_to_bottom_in_its_short_mode})
+
+
+for _section in SECTIONS:
+    _test_class = short_mode_test(_section)
+    globals()[_test_class.__name__] = _test_class
