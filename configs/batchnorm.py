@@ -1,7 +1,7 @@
 """LeNet with batch normalization (d2l 8.5) on Fashion-MNIST at 28x28: the course notebook's two
 experiments.
 
-    python train.py --config configs/batchnorm.py            # concise: flax.linen.BatchNorm
+    python train.py --config configs/batchnorm.py            # concise: d2l's nn.BatchNorm2d/1d
     python train.py --config configs/batchnorm.py:scratch    # the chapter's from-scratch BatchNorm
 
 Settings (plain SGD at lr 1.0, batch 256, 28 px, 10 epochs, Xavier-uniform init) are the course

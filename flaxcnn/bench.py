@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -153,8 +154,10 @@ def bench_steps(state, cfg, train_arrays, steps: int) -> tuple[float, float]:
 
 
 def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:
-    """One warm-up epoch, then one timed epoch with evaluation, through train.py's device pipeline."""
-    steps_per_epoch = len(train_arrays[0]) // batch_size
+    """One warm-up epoch, then one timed epoch with evaluation, through train.py's device pipeline
+    (its epoch: every training example once, the last batch partial)."""
+    num_train = len(train_arrays[0])
+    steps_per_epoch = math.ceil(num_train / batch_size)
     pipeline = pipelines.DevicePipeline(train_arrays, test_arrays, cfg,
                                         steps_per_epoch=steps_per_epoch,
                                         num_test=len(test_arrays[0]))
@@ -166,9 +169,9 @@ def bench_epoch(state, cfg, train_arrays, test_arrays, batch_size: int) -> dict:
             pass
         pipeline.evaluate(replicated)
         seconds.append(time.perf_counter() - t0)
-    return {"e2e_epoch_seconds": seconds[1], "e2e_train_examples": steps_per_epoch * batch_size,
+    return {"e2e_epoch_seconds": seconds[1], "e2e_train_examples": num_train,
             "e2e_test_examples": len(test_arrays[0]),
-            "e2e_images_per_sec": steps_per_epoch * batch_size / seconds[1]}
+            "e2e_images_per_sec": num_train / seconds[1]}
 
 
 def table(results: list[dict]) -> str:

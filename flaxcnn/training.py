@@ -153,9 +153,9 @@ def zero_totals() -> dict:
 
 def counted_train_step(state: RunState, images, labels, mask, step_kwargs) -> RunState:
     """A train step on uint8 `images` (`mask`: the real ones) that adds to the epoch's totals;
-    after a non-finite step, nothing changes. Dropout's key is the run's, folded with the step and the device's position;
-    augmentation's comes from the data key and the step, and each example's from its position in
-    the global batch, so neither depends on the device count."""
+    after a non-finite step, nothing changes. Dropout's key is the run's, folded with the step and
+    the device's position; augmentation's comes from the data key and the step, and each
+    example's from its position in the global batch, so neither depends on the device count."""
     train, totals = state.train, state.totals
     key = jax.random.fold_in(jax.random.fold_in(state.dropout_key, train.step),
                              lax.axis_index(AXIS))

@@ -268,6 +268,36 @@ def images_and_labels(n, seed=0, shape=(12, 12, 1)):
             rng.integers(0, 10, n).astype(np.int32))
 
 
+def float64_steps(state, batches, num_devices, sync_batch_stats=True):
+    """Train steps of a TrainState (of a float64 model) as the stream pipeline compiles them
+    (training.make_train_batch), in float64 (call inside `jax.enable_x64(True)`), on
+    `num_devices` devices, augmentation off.
+    `batches`: (uint8 images (B, 28, 28, 1), labels (B,), mask (B,)) per step. Returns, after
+    each step, (the train state, the step's totals) on the host."""
+    import jax.numpy as jnp
+
+    from flaxcnn import replicas, training
+
+    devices = jax.devices()[:num_devices]
+    batch = len(batches[0][1])
+    cfg = training.StepConfig(image_size=28, dtype=jnp.float64,
+                              batch_per_device=batch // num_devices,
+                              eval_batch_per_device=batch // num_devices,
+                              sync_batch_stats=sync_batch_stats)
+    step = training.make_train_batch(cfg, devices)
+    state = state.replace(**{part: jax.tree.map(lambda a: np.asarray(a, np.float64),
+                                                getattr(state, part))
+                             for part in ("params", "batch_stats", "opt_state")})
+    run = training.RunState.fresh(state, seed=0)
+    results = []
+    for arrays in batches:
+        run = replicas.replicate(run.replace(totals=training.zero_totals()), devices)
+        run = step(run, *(np.reshape(a, (num_devices, -1, *np.shape(a)[1:])) for a in arrays))
+        run = replicas.unreplicate(run)
+        results.append((run.train, run.totals))
+    return results
+
+
 def lenet_state(lr=0.1, optimizer="momentum", dtype=None, sync_batch_stats=True, freeze="none"):
     """LeNet-BN's TrainState for 28x28 one-channel images (with freeze="backbone", only its final
     classifier trains)."""

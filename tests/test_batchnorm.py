@@ -1,14 +1,19 @@
 """Batch normalization from scratch: statistics over the right axes, moving averages, evaluation
 mode, and agreement with flax.linen.BatchNorm, also across pmap replicas."""
 import functools
+import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from flaxcnn import training
 from flaxcnn.models.batchnorm import BatchNorm, batch_norm
+from tests import conftest
 
 EPS = 1e-5
 CHANNEL_MEANS = np.array([5.0, -3.0, 10.0], np.float32)
@@ -170,3 +175,93 @@ def test_use_running_average_is_a_field_or_an_argument_as_in_flax():
         BatchNorm(use_running_average=True).apply(variables, x, use_running_average=True)
     with pytest.raises(ValueError, match="use_running_average"):
         BatchNorm().apply(variables, x)
+
+
+# --- torch's running statistics after training steps (tests/fixtures/make_batchnorm_references.py)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from pretrained_tensors import reference_tensor  # noqa: E402
+
+# d2l's LeNet-BN nn.Sequential positions -> flax's module names
+TORCH_LAYERS = {"0": "Conv_0", "1": "BatchNorm_0", "4": "Conv_1", "5": "BatchNorm_1",
+                "9": "Dense_0", "10": "BatchNorm_2", "12": "Dense_1", "13": "BatchNorm_3",
+                "15": "Dense_2"}
+
+
+def flax_layout(module: str, kind: str, weight: np.ndarray) -> np.ndarray:
+    """A torch tensor of d2l's LeNet-BN in flax's layout (NCHW flattening -> NHWC for Dense_0)."""
+    if kind != "kernel":
+        return weight
+    if module.startswith("Conv"):
+        return weight.transpose(2, 3, 1, 0)
+    if module == "Dense_0":  # torch flattens (16, 4, 4) feature maps channel-first
+        return weight.reshape(-1, 16, 4, 4).transpose(2, 3, 1, 0).reshape(256, -1)
+    return weight.T
+
+
+def reference_params(params) -> dict:
+    """The fixture's weights (pretrained_tensors.reference_tensor of torch's names) as `params`."""
+    out = {}
+    for position, module in TORCH_LAYERS.items():
+        out[module] = {}
+        for kind, value in params[module].items():
+            shape = value.shape  # torch's: (out, in, kh, kw) and (out, in) for kernels
+            if kind == "kernel":
+                shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+            weight = reference_tensor(f"{position}.{'bias' if kind == 'bias' else 'weight'}", shape)
+            out[module][kind] = flax_layout(module, kind, weight)
+    return out
+
+
+def reference_batches():
+    """The fixture's 21 images and labels in batches of 8, the last padded and masked."""
+    images = np.random.default_rng(1).integers(0, 256, (21, 28, 28), np.uint8)[..., None]
+    labels = np.random.default_rng(2).integers(0, 10, 21).astype(np.int32)
+    batches = []
+    for start in range(0, 21, 8):
+        real = min(8, 21 - start)
+        pad = ((0, 8 - real),)
+        batches.append((np.pad(images[start:start + 8], pad + ((0, 0),) * 3),
+                        np.pad(labels[start:start + 8], pad), np.arange(8) < real))
+    return batches
+
+
+@pytest.mark.parametrize("model, reference, num_devices", [
+    ("lenet_bn", "concise", 1), ("lenet_bn", "concise", 4), ("lenet_bn_scratch", "scratch", 4)])
+def test_running_statistics_follow_the_reference_after_several_steps(model, reference,
+                                                                     num_devices):
+    """Three SGD steps of d2l's LeNet-BN in float64, the last of 5 examples padded to 8 (on 4
+    devices: 2, 2, 1 and 0 real examples): torch's nn.BatchNorm updates the running variance with
+    the unbiased batch variance, d2l's from-scratch batch_norm with the biased one; the losses,
+    counts and final parameters are torch's too."""
+    want = np.load(FIXTURES / "batchnorm_references.npz")
+    with jax.enable_x64(True):
+        state = training.create_train_state(model, optax.sgd(0.5), input_shape=(28, 28, 1),
+                                            dtype=jnp.float64)
+        state = state.replace(params=reference_params(state.params))
+        steps = conftest.float64_steps(state, reference_batches(), num_devices)
+    for step, (train, totals) in enumerate(steps):
+        assert totals["count"] == (8 if step < 2 else 5)
+        assert totals["correct"] == want[f"{reference}/{step}/correct"]
+        np.testing.assert_allclose(totals["loss_sum"] / totals["count"],
+                                   want[f"{reference}/{step}/loss"], rtol=1e-9)
+        for layer, stats in train.batch_stats.items():
+            for name in ("mean", "var"):
+                np.testing.assert_allclose(stats[name], want[f"{reference}/{step}/{layer}/{name}"],
+                                           rtol=1e-9, atol=1e-12, err_msg=f"{step} {layer} {name}")
+    params = steps[-1][0].params
+    for position, module in TORCH_LAYERS.items():
+        for kind, value in params[module].items():
+            torch_kind = "bias" if kind == "bias" else "weight"
+            total, total_of_squares = want[f"{reference}/final/{position}.{torch_kind}"]
+            np.testing.assert_allclose([value.sum(), np.square(value).sum()],
+                                       [total, total_of_squares], rtol=1e-9, atol=1e-12)
+
+
+def test_the_conventions_differ_where_the_references_do():
+    """The fixture's concise and from-scratch statistics differ (by n/(n-1)), so the test above
+    tells the two conventions apart."""
+    want = np.load(FIXTURES / "batchnorm_references.npz")
+    concise, scratch = want["concise/2/BatchNorm_2/var"], want["scratch/2/BatchNorm_2/var"]
+    assert np.max(np.abs(concise - scratch) / scratch) > 1e-3

@@ -1,7 +1,7 @@
 """Nothing lost, nothing confusing: two runs in one workdir, a full disk, changed code, a kill soak.
 
 The runs here are the session's reference run (conftest.py: LeNet-BN on the bundled sample at
-28x28, batch 32, 31 steps an epoch of about a second) or copies of it cut back to an earlier epoch.
+28x28, batch 32, 32 steps an epoch of about a second) or copies of it cut back to an earlier epoch.
 """
 import collections
 import errno
@@ -94,9 +94,9 @@ def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
     with pytest.raises(UserError) as error:
         trainer.train_and_evaluate(run_config(num_epochs=2), tmp_path)
     assert str(error.value) == (
-        f"checkpoint {tmp_path / 'checkpoints' / '31'} does not fit the model as the code builds "
-        f"it now: {message}; resume with the code that saved it, or use a new --workdir (the "
-        "checkpoint is left as it is)")
+        f"checkpoint {tmp_path / 'checkpoints' / str(STEPS_PER_EPOCH)} does not fit the model as "
+        f"the code builds it now: {message}; resume with the code that saved it, or use a new "
+        "--workdir (the checkpoint is left as it is)")
     assert _snapshot(tmp_path / "checkpoints") == checkpoints
     assert not (tmp_path / "checkpoints-damaged").exists()
     monkeypatch.undo()  # the code that saved it resumes it
@@ -140,10 +140,11 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes
     assert code == 1 and "epoch 2/2" in out
     assert err.strip().splitlines()[-1] == (
         f"error: could not write a checkpoint into {checkpoints} (no space left on device); the "
-        f"newest complete checkpoint, {checkpoints / '31'}, is kept and resumes: free some space "
-        "(or fix the cause) and rerun the same command")
+        f"newest complete checkpoint, {checkpoints / str(STEPS_PER_EPOCH)}, is kept and resumes: "
+        "free some space (or fix the cause) and rerun the same command")
     assert "Traceback" not in err  # Orbax's own error logs are folded into that line
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["31"]  # its unfinished save removed
+    # its unfinished save removed
+    assert sorted(p.name for p in checkpoints.iterdir()) == [str(STEPS_PER_EPOCH)]
     assert [m["epoch"] for m in read_lines(workdir / "metrics.jsonl")] == [1, 2]  # no torn line
 
     (small_disk / "filler").unlink()  # space freed: the same command resumes, exactly

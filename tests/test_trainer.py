@@ -1,6 +1,6 @@
-"""trainer.train_and_evaluate end to end: every chapter config's :sample variant learning in its first
-epoch, LeNet-BN learning on the real sample, the streamed input, the outputs a run leaves, what a
-run says, errors."""
+"""trainer.train_and_evaluate end to end: every chapter config's :sample variant learning in its
+first epochs, LeNet-BN learning on the real sample, the streamed input, the outputs a run leaves,
+what a run says, errors."""
 import importlib
 import json
 
@@ -29,9 +29,9 @@ EPOCHS_TO_LEAVE_CHANCE = {"googlenet": 2, "nin": 3, "vgg": 2}
 def test_every_config_leaves_chance_in_the_first_epochs_of_its_sample_variant(name, tfds_dir,
                                                                             tmp_path):
     # configs/<name>.py:sample as a learner runs it (model, image size, batch, optimizer, learning
-    # rate), its first epoch (or two, or three), on 4 devices. The pictures and TensorBoard are the same for
-    # every config (test_lenet_bn_learns_... checks them): the model, its steps, evaluation and
-    # checkpoint are what differ.
+    # rate), its first epoch (or two, or three), on 4 devices. The pictures and TensorBoard are the
+    # same for every config (test_lenet_bn_learns_... checks them): the model, its steps,
+    # evaluation and checkpoint are what differ.
     config = importlib.import_module(f"configs.{name}").get_config("sample")
     epochs = EPOCHS_TO_LEAVE_CHANCE.get(name, 1)
     config.update(num_epochs=epochs, data_dir=tfds_dir, progress=False, plots=False,
@@ -90,15 +90,24 @@ def assert_run_outputs(workdir, metrics):
         assert scalars[tag] == pytest.approx({m["epoch"]: m[tag] for m in metrics}, rel=1e-6)
 
 
-def test_streamed_input_trains_and_evaluates_every_test_image(make_config, tmp_path):
-    config = make_config("batchnorm", dataset="fashion_mnist_sample", input_pipeline="stream",
-                         batch_size=64, num_epochs=2)
+@pytest.mark.parametrize("pipeline", ["device", "stream"])
+def test_an_epoch_trains_every_example_once_with_the_last_partial_batch(pipeline, make_config,
+                                                                         tmp_path):
+    """d2l's epoch at the course's batch: ceil(1,003 / 256) = 4 steps, the last of 235 examples."""
+    config = make_config("batchnorm", dataset="fashion_mnist_sample", input_pipeline=pipeline,
+                         batch_size=256, learning_rate=1.0, num_epochs=2,
+                         plots=pipeline == "stream", tensorboard=False)
     train_to_end(config, tmp_path)
     metrics = read_metrics(tmp_path)
-    assert [m["step"] for m in metrics] == [15, 30]  # 1,003 // 64 steps an epoch
-    assert all(m["test_examples"] == 1003 for m in metrics)
+    assert [m["step"] for m in metrics] == [4, 8]
+    for m in metrics:  # the train and test accuracies are counts over the 1,003 examples
+        assert m["test_examples"] == 1003
+        for split in ("train", "test"):
+            correct = m[f"{split}_accuracy"] * 1003
+            assert abs(correct - round(correct)) < 1e-6
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
-    assert (tmp_path / "predictions.png").exists() and (tmp_path / "confusion.png").exists()
+    if pipeline == "stream":
+        assert (tmp_path / "predictions.png").exists() and (tmp_path / "confusion.png").exists()
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -12,6 +12,7 @@ import pytest
 
 from flaxcnn import optimizers, pipelines, replicas, runtime, training
 from flaxcnn.errors import UserError
+from tests import conftest
 from tests.conftest import REPO, images_and_labels, lenet_state, max_abs_difference
 
 IMAGE = (12, 12, 1)
@@ -74,6 +75,26 @@ def test_per_device_batch_statistics_differ_from_global_ones():
                                synced[0].batch_stats[bn]["mean"], rtol=1e-4, atol=1e-6)
     batch_var = lambda s: (s.batch_stats[bn]["var"] - 0.9) / 0.1  # undo the momentum-0.9 update
     assert np.all(batch_var(per_device[0]) < 0.99 * batch_var(synced[0]))
+
+
+@pytest.mark.parametrize("num_devices, real", [(1, "11111000"), (4, "11111000"), (4, "11001110")])
+def test_a_masked_step_equals_an_unpadded_step_on_its_real_examples(num_devices, real):
+    """float64: a batch of 8 with 5 real examples (on 4 devices 2, 2, 1, 0 of them, as an epoch's
+    last batch pads, or 2, 0, 2, 1) trains as a batch of those 5 alone: the same parameters,
+    BatchNorm statistics, loss and counts (d2l's last partial batch)."""
+    images, labels = images_and_labels(8, seed=3, shape=(28, 28, 1))
+    mask = np.array([c == "1" for c in real])
+    with jax.enable_x64(True):
+        state = lenet_state(lr=0.5, dtype=jnp.float64)
+        (unpadded,) = conftest.float64_steps(
+            state, [(images[mask], labels[mask], np.ones(5, bool))], num_devices=1)
+        (masked,) = conftest.float64_steps(state, [(images, labels, mask)], num_devices)
+    assert masked[1]["count"] == unpadded[1]["count"] == 5
+    assert masked[1]["correct"] == unpadded[1]["correct"]
+    np.testing.assert_allclose(masked[1]["loss_sum"], unpadded[1]["loss_sum"], rtol=1e-13)
+    for part in ("params", "batch_stats", "opt_state"):
+        assert max_abs_difference(getattr(masked[0], part), getattr(unpadded[0], part)) < 1e-13
+    assert max_abs_difference(masked[0].params, state.params) > 1e-3  # the step did something
 
 
 @pytest.mark.parametrize("device_loop", [False, True])

@@ -1,7 +1,7 @@
 """The model zoo: `create(name)` builds any network of the chapter by name.
 
 `_REGISTRY` is the one list of models: for each name, the module class and the fields that
-make it that model, whether it has BatchNorm (its statistics then average over the pmap axis
+make it that model, whether it has BatchNorm (its statistics then sum over the pmap axis
 named by the module's `bn_axis_name` field),
 whose layout it has (d2l's, or torchvision's, whose published ImageNet weights then load into
 it: flaxcnn.pretrained), which of its layers is the final classifier (fine-tuning replaces

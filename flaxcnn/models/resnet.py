@@ -11,8 +11,8 @@ block's stride. `ResNeXtBlock` is d2l's ResNeXt block (section 8.6.5), which Reg
 (regnet.py) stacks.
 
 The network builds its BatchNorm once per call (mode, momentum, epsilon, dtype, pmap axis, the
-batch's mask; batchnorm.py's `network_norm`) and hands it to its blocks as the field `norm`; each block
-creates its BatchNorm layers with `self.norm()`.
+batch's mask; batchnorm.py's `network_norm`) and hands it to its blocks as the field `norm`; each
+block creates its BatchNorm layers with `self.norm()`.
 """
 from collections.abc import Sequence
 from functools import partial
