@@ -24,11 +24,12 @@ What differs from the course: the bundled 1,003 training images instead of Fashi
 batch 32 instead of 256 (32 steps an epoch, not 4); learning rate 0.1 instead of 1.0 (at 0.3, one of
 3 seeds swung from 0.72 to 0.43 test accuracy over its last epochs); the same 28x28 images, plain
 SGD and 10 epochs. Measured with that command on the 2-core VM on 2026-12-07, seeds 0, 1, 2
-(`--config.seed`), the VM shared with other work (load average 27-34 on its 2 cores; LeNet-BN's
-:sample run took 11 s at load 1 and 125-191 s at such loads, BENCHMARKS.md): 125-191 s in all (the
-run's own timing), final test accuracy 0.689-0.735 (after the first epoch 0.393-0.550; chance is
-0.1). The sample shows that the network learns and what its curves and mistakes look like; it cannot
-show the course's accuracy (60 times fewer training images), so d2l's band is not drawn for it.
+(`--config.seed`), the VM shared with other work (load average 27-34 on its 2 cores; a LeNet-BN run
+on the sample took 11 s at load 1, its :sample command 125-191 s at such loads, BENCHMARKS.md):
+125-191 s in all (the run's own timing), final test accuracy 0.689-0.735 (after the first epoch
+0.393-0.550; chance is 0.1). The sample shows that the network learns and what its curves and
+mistakes look like; it cannot show the course's accuracy (60 times fewer training images), so d2l's
+band is not drawn for it.
 """
 from configs import default
 

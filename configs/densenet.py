@@ -22,11 +22,11 @@ What differs from the course: the bundled 1,003 training images instead of Fashi
 32x32 images instead of 96 (DenseNet's smallest is 29); batch 32 instead of 256 (32 steps an epoch,
 not 4); 3 epochs instead of 10; the same plain SGD at 0.1. Measured with that command on the 2-core
 VM on 2026-12-07, seeds 0, 1, 2 (`--config.seed`), the VM shared with other work (load average 25-38
-on its 2 cores; LeNet-BN's :sample run took 11 s at load 1 and 125-191 s at such loads,
-BENCHMARKS.md): 484-716 s in all (the run's own timing), final test accuracy 0.519-0.672 (after the
-first epoch 0.220-0.455; chance is 0.1). The sample shows that the network learns and what its
-curves and mistakes look like; it cannot show the course's accuracy (60 times fewer training
-images), so d2l's band is not drawn for it.
+on its 2 cores; a LeNet-BN run on the sample took 11 s at load 1, its :sample command 125-191 s at
+such loads, BENCHMARKS.md): 484-716 s in all (the run's own timing), final test accuracy 0.519-0.672
+(after the first epoch 0.220-0.455; chance is 0.1). The sample shows that the network learns and
+what its curves and mistakes look like; it cannot show the course's accuracy (60 times fewer
+training images), so d2l's band is not drawn for it.
 """
 from configs import default
 

@@ -14,10 +14,26 @@ over its 34 builds from 2020-06-02 to 2022-07-10
 
 English v1.0 edition (d2l.Trainer; it prints no accuracy, only curves):
     --config.learning_rate=0.01
+
+The :sample variant learns on the bundled 1,003-image sample, offline, on a laptop CPU:
+
+    python train.py --config configs/googlenet.py:sample
+
+What differs from the course: the bundled 1,003 training images instead of Fashion-MNIST's 60,000;
+28x28 images (the sample's own) instead of 96; batch 16 instead of 128 (63 steps an epoch); Adam at
+0.001 instead of plain SGD at 0.1, which left the loss at ln 10 for 3 epochs of the sample at batch
+32 in a probe (as d2l's own PyTorch code does at the course's settings, BENCHMARKS.md); 3 epochs
+instead of 10. Measured with that command on the 2-core VM on 2026-12-07, seeds 0, 1, 2
+(`--config.seed`), the VM shared with other work (load average 18-34 on its 2 cores; a LeNet-BN run
+on the sample took 11 s at load 1, its :sample command 125-191 s at such loads, BENCHMARKS.md):
+498-1241 s in all (the run's own timing), final test accuracy 0.273-0.403 (after the first epoch
+0.095-0.197; chance is 0.1). The sample shows that the network learns and what its curves and
+mistakes look like; it cannot show the course's accuracy (60 times fewer training images), so d2l's
+band is not drawn for it.
 """
 from configs import default
 
-# The :sample variant (see its docstring above): provisional settings, being measured.
+# The :sample variant (see the docstring).
 SAMPLE = dict(image_size=28, batch_size=16, learning_rate=0.001, num_epochs=3, optimizer="adamw")
 
 

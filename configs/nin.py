@@ -25,11 +25,12 @@ Adam at 0.0003 instead of plain SGD at 0.1 (in one probe each on the sample, SGD
 0.001 stayed at one class for 2-3 epochs and Adam at 0.0001 reached 0.20 in 3 epochs at batch 16); 3
 epochs instead of 10. NiN learns slowest of the chapter's networks here: expect about twice chance,
 not the others' 0.4-0.7. Measured with that command on the 2-core VM on 2026-12-07, seeds 0, 1, 2
-(`--config.seed`), the VM shared with other work (load average 19-34 on its 2 cores; LeNet-BN's
-:sample run took 11 s at load 1 and 125-191 s at such loads, BENCHMARKS.md): 247-486 s in all (the
-run's own timing), final test accuracy 0.192-0.261 (after the first epoch 0.090-0.176; chance is
-0.1). The sample shows that the network learns and what its curves and mistakes look like; it cannot
-show the course's accuracy (60 times fewer training images), so d2l's band is not drawn for it.
+(`--config.seed`), the VM shared with other work (load average 19-34 on its 2 cores; a LeNet-BN run
+on the sample took 11 s at load 1, its :sample command 125-191 s at such loads, BENCHMARKS.md):
+247-486 s in all (the run's own timing), final test accuracy 0.192-0.261 (after the first epoch
+0.090-0.176; chance is 0.1). The sample shows that the network learns and what its curves and
+mistakes look like; it cannot show the course's accuracy (60 times fewer training images), so d2l's
+band is not drawn for it.
 """
 from configs import default
 

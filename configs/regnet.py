@@ -16,11 +16,11 @@ What differs from the course: the bundled 1,003 training images instead of Fashi
 28x28 images (the sample's own) instead of 96; batch 32 instead of 128 (32 steps an epoch, not 8); 3
 epochs instead of 10; the same plain SGD at 0.05. Measured with that command on the 2-core VM on
 2026-12-07, seeds 0, 1, 2 (`--config.seed`), the VM shared with other work (load average 24-38 on
-its 2 cores; LeNet-BN's :sample run took 11 s at load 1 and 125-191 s at such loads, BENCHMARKS.md):
-88-135 s in all (the run's own timing), final test accuracy 0.654-0.706 (after the first epoch
-0.323-0.410; chance is 0.1). The sample shows that the network learns and what its curves and
-mistakes look like; it cannot show the course's accuracy (60 times fewer training images), so d2l's
-band is not drawn for it.
+its 2 cores; a LeNet-BN run on the sample took 11 s at load 1, its :sample command 125-191 s at such
+loads, BENCHMARKS.md): 88-135 s in all (the run's own timing), final test accuracy 0.654-0.706
+(after the first epoch 0.323-0.410; chance is 0.1). The sample shows that the network learns and
+what its curves and mistakes look like; it cannot show the course's accuracy (60 times fewer
+training images), so d2l's band is not drawn for it.
 """
 from configs import default
 

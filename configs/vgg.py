@@ -24,11 +24,11 @@ What differs from the course: the bundled 1,003 training images instead of Fashi
 instead of 43,093,322); batch 32 instead of 128 (32 steps an epoch); Adam at 0.001 instead of plain
 SGD at 0.05, which left the loss at ln 10 for 2 epochs of the sample in a probe; 3 epochs instead of
 10. Measured with that command on the 2-core VM on 2026-12-07, seeds 0, 1, 2 (`--config.seed`), the
-VM shared with other work (load average 19-31 on its 2 cores; LeNet-BN's :sample run took 11 s at
-load 1 and 125-191 s at such loads, BENCHMARKS.md): 508-797 s in all (the run's own timing), final
-test accuracy 0.321-0.519 (after the first epoch 0.092-0.187; chance is 0.1). The sample shows that
-the network learns and what its curves and mistakes look like; it cannot show the course's accuracy
-(60 times fewer training images), so d2l's band is not drawn for it.
+VM shared with other work (load average 19-31 on its 2 cores; a LeNet-BN run on the sample took 11 s
+at load 1, its :sample command 125-191 s at such loads, BENCHMARKS.md): 508-797 s in all (the run's
+own timing), final test accuracy 0.321-0.519 (after the first epoch 0.092-0.187; chance is 0.1). The
+sample shows that the network learns and what its curves and mistakes look like; it cannot show the
+course's accuracy (60 times fewer training images), so d2l's band is not drawn for it.
 """
 from configs import default
 

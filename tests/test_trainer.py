@@ -1,6 +1,6 @@
-"""trainer.train_and_evaluate end to end: every chapter config's :sample variant learning in its first
-epoch, LeNet-BN learning on the real sample, the streamed input, the outputs a run leaves, what a
-run says, errors."""
+"""trainer.train_and_evaluate end to end: every chapter config's :sample variant learning in its
+first epochs, LeNet-BN learning on the real sample, the streamed input, the outputs a run leaves,
+what a run says, errors."""
 import importlib
 import json
 
@@ -20,17 +20,18 @@ def read_metrics(workdir):
 
 # Epochs of its :sample variant after which a config has left chance in every seed measured (its
 # docstring): GoogLeNet, NiN and VGG, without BatchNorm, start on a plateau Adam leaves in the
-# second (after the first, 0.09-0.19 in their 3 seeds).
-EPOCHS_TO_LEAVE_CHANCE = {"googlenet": 2, "nin": 2, "vgg": 2}
+# second (after the first, 0.09-0.19 in their 3 seeds); NiN on these 4 devices was still at one
+# class (0.095) after its second, so it runs its whole 3 epochs.
+EPOCHS_TO_LEAVE_CHANCE = {"googlenet": 2, "nin": 3, "vgg": 2}
 
 
 @pytest.mark.parametrize("name", CHAPTER_CONFIGS)
 def test_every_config_leaves_chance_in_the_first_epochs_of_its_sample_variant(name, tfds_dir,
                                                                             tmp_path):
     # configs/<name>.py:sample as a learner runs it (model, image size, batch, optimizer, learning
-    # rate), its first epoch (or two), on 4 devices. The pictures and TensorBoard are the same for
-    # every config (test_lenet_bn_learns_... checks them): the model, its steps, evaluation and
-    # checkpoint are what differ.
+    # rate), its first epoch (or two, or three), on 4 devices. The pictures and TensorBoard are the
+    # same for every config (test_lenet_bn_learns_... checks them): the model, its steps,
+    # evaluation and checkpoint are what differ.
     config = importlib.import_module(f"configs.{name}").get_config("sample")
     epochs = EPOCHS_TO_LEAVE_CHANCE.get(name, 1)
     config.update(num_epochs=epochs, data_dir=tfds_dir, progress=False, plots=False,
