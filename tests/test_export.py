@@ -411,6 +411,7 @@ def test_a_finetuned_resnet18_exports_for_torchvision_and_onnx(finetuned, tmp_pa
     if not HAS_ONNX_TOOLS:
         return
     export.export(finetuned, tmp_path / "onnx", format="onnx")
-    images = np.random.default_rng(1).integers(0, 256, (max(BATCH_SIZES), 32, 32, 3), np.uint8)
+    shape = tuple(json.loads((tmp_path / "onnx" / "model.json").read_text())["input"]["shape"][1:])
+    images = np.random.default_rng(1).integers(0, 256, (max(BATCH_SIZES), *shape), np.uint8)
     for served, expected in onnx_and_jax_logits(tmp_path / "onnx", images, tmp_path):
         np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
