@@ -295,10 +295,12 @@ class HostStreamPipeline:
             preds.append(replicas.local_array(p).reshape(-1))
         return totals, np.concatenate(preds)[:len(self.test)]
 
-    def preview(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first `count` test images and all test labels, in `evaluate`'s order."""
-        images, _ = self.test.read(np.arange(min(count, len(self.test))))
-        return images, self.test.all_labels()
+    def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As DevicePipeline.preview: only the chosen images are read from the source."""
+        labels = self.test.all_labels()
+        indices = plots.spread_over_classes(labels, count, num_classes)
+        images, _ = self.test.read(indices)
+        return images, indices, labels
 
 
 # ---------------------------------------------------------------------------------- tf.data stream
