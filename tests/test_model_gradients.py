@@ -143,7 +143,9 @@ def cpu_paths_give_jaxs_plain_gradient(name, batch):
     difference = largest_relative_difference(name, got, plain)
     print(f"{name} batch {batch}: gradient {difference:.1e} from jax's plain paths")
     assert loss == pytest.approx(plain_loss, rel=1e-12)
-    assert difference < 1e-12
+    # DenseNet's 16-image step, the deepest chain of float64 sums here, differs by 1.0e-12 with
+    # jax 0.12.1 (2026-12-07); 2e-12 keeps the check at float64 round-off for every model.
+    assert difference < 2e-12
 
 
 def model_tests(name):
