@@ -7,6 +7,7 @@ The command line only: flags, the config file, the cluster, errors as one line. 
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import sys
 import time
@@ -90,6 +91,9 @@ def parse_flags(argv):
     path = config_file_argument(argv)
     if path is not None and not Path(path).is_file():
         sys.exit(missing_config_file(path))
+    argv, model_fields = model_field_arguments(argv)
+    if model_fields:
+        sys.argv = argv  # ml_collections reads its --config.* overrides from sys.argv
     logging.set_verbosity(logging.ERROR)  # ml_collections' own warnings would add a second line
     try:
         parsed = FLAGS(argv)
@@ -98,7 +102,53 @@ def parse_flags(argv):
     if path is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
         sys.exit(f"error: get_config() in {path} returned {type(FLAGS.config).__name__}, not a "
                  "ConfigDict; return the config (see configs/default.py)")
+    if model_fields and FLAGS.config is not None:
+        set_model_fields(FLAGS.config, model_fields)
     return parsed
+
+
+MODEL_FIELD_FLAG = "--config.model_overrides."
+
+
+def model_field_arguments(argv):
+    """argv without its --config.model_overrides.<field>[=]<value> arguments, and those as
+    [(flag, field, text)]. ml_collections would take only the fields the config already has;
+    these set any field of the model (the trainer refuses one the model does not have)."""
+    rest, fields, i = [argv[0]], [], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(MODEL_FIELD_FLAG):
+            flag, has_value, text = arg.partition("=")
+            if not has_value:
+                if i + 1 == len(argv):
+                    sys.exit(f"error: {flag} needs a value, e.g. {flag}=2")
+                text, i = argv[i + 1], i + 1
+            fields.append((flag, flag[len(MODEL_FIELD_FLAG):], text))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, fields
+
+
+def set_model_fields(config, model_fields):
+    """Puts each (flag, field, text) into config.model_overrides: text read as a Python literal
+    (2, 0.5, (1, 2), True; true/false as absl reads them), else as a string."""
+    for flag, field, text in model_fields:
+        if not field.isidentifier():
+            sys.exit(f"error: {flag} is not a model field; use {MODEL_FIELD_FLAG}<field>=<value>")
+        value = {"true": True, "false": False}.get(text.lower(), text)
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                pass
+        try:
+            with config.unlocked():
+                config.model_overrides[field] = value
+        except (TypeError, ValueError):  # the config's own field, of another type
+            kind = type(config.model_overrides[field]).__name__
+            sys.exit(f"error: {flag}={text}: the config's {field} is of type {kind}; give one "
+                     "of that type")
 
 
 def parse_error_line(error: Exception, path: str | None, argv) -> str:

@@ -192,8 +192,12 @@ def build_run(config, dataset, resuming: bool) -> Run:
             config.model, tx, input_shape=(config.image_size, config.image_size, info.channels),
             seed=config.seed, num_classes=info.num_classes, dtype=getattr(jnp, config.dtype),
             sync_batch_stats=config.sync_batch_stats, model_overrides=overrides)
-    except (ValueError, TypeError) as e:  # a bad override, or the model's input-size check
+    except ValueError as e:  # an unknown field, or the model's input-size check
         raise UserError(first_line(e)) from None
+    except TypeError as e:  # a field's value of the wrong kind
+        raise UserError(f"model {config.model!r} cannot be built with model_overrides "
+                        f"{config.model_overrides.to_dict()} ({first_line(e)}); see its fields' "
+                        "types in flaxcnn/models/") from None
     if config.init_from and not resuming:
         train_state = start_from_weights(config, train_state)
     return Run(steps_per_epoch, schedule, training.RunState.fresh(train_state, config.seed))

@@ -70,6 +70,48 @@ def test_a_config_file_that_is_missing_or_does_not_load_is_one_line(text, messag
     assert not (tmp_path / "run").exists()
 
 
+def test_any_model_field_can_be_set_on_the_command_line(tfds_dir, tmp_path, monkeypatch):
+    # configs/regnet.py sets no model field; RegNetX-32 with a third stage (the notebook's
+    # exercise), "--flag value" form as well as "--flag=value"
+    code, out, err = train_here(
+        ["train.py", "--config", "configs/regnet.py:sample", f"--workdir={tmp_path}",
+         f"--config.data_dir={tfds_dir}", "--config.num_epochs=0", "--config.plots=False",
+         "--config.model_overrides.arch", "((4, 32, 16, 1), (6, 80, 16, 1), (2, 160, 16, 1))",
+         "--config.model_overrides.bn_epsilon=1e-3"], monkeypatch)
+    assert code == 0, err
+    assert "model     regnetx32: 331,930 parameters" in out  # 179,290 with its two stages
+    saved = json.loads((tmp_path / "config.json").read_text())["model_overrides"]
+    assert saved == {"arch": [[4, 32, 16, 1], [6, 80, 16, 1], [2, 160, 16, 1]], "bn_epsilon": 1e-3}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model_overrides.depths=(1, 1)"],
+     "error: model 'regnetx32' has no field 'depths'; valid fields: arch, stem_channels,"),
+    (["--config.model_overrides.arch=3"],  # a field, but not a tuple of stages
+     "error: model 'regnetx32' cannot be built with model_overrides {'arch': 3} ("),
+    (["--config.model_overrides.arch"], "error: --config.model_overrides.arch needs a value"),
+    (["--config.model_overrides.a.b=1"], "error: --config.model_overrides.a.b is not a model field"),
+])
+def test_a_bad_model_field_is_one_line(args, message, tfds_dir, tmp_path, monkeypatch):
+    code, out, err = train_here(["train.py", "--config", "configs/regnet.py:sample",
+                                 f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tfds_dir}",
+                                 *args], monkeypatch)
+    assert code != 0
+    assert err.strip().splitlines() == [err.strip().splitlines()[-1]]
+    assert err.strip().startswith(message) and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_field_the_config_sets_keeps_its_type(tfds_dir, tmp_path, monkeypatch):
+    code, _, err = train_here(["train.py", "--config", "configs/vgg.py:sample",
+                               f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tfds_dir}",
+                               "--config.model_overrides.width_divisor=half"], monkeypatch)
+    assert code != 0
+    assert err.strip() == ("error: --config.model_overrides.width_divisor=half: the config's "
+                           "width_divisor is of type int; give one of that type")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_file_is_executed_once(tmp_path, monkeypatch):
     counter = tmp_path / "loads"
     (tmp_path / "config.py").write_text(
