@@ -114,6 +114,11 @@ def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) 
     return max(1, math.ceil(num_examples / (eval_batch_per_device * num_devices)))
 
 
+def padded(array: np.ndarray, length: int) -> np.ndarray:
+    """`array` with zeros appended along its first axis up to `length`."""
+    return np.concatenate([array, np.zeros((length - len(array), *array.shape[1:]), array.dtype)])
+
+
 def gather_predictions(preds, num_examples: int) -> np.ndarray:
     """Per-device predictions (devices, steps, e) from `make_evaluate` -> example order, length N."""
     preds = replicas.local_array(preds)
@@ -123,19 +128,23 @@ def gather_predictions(preds, num_examples: int) -> np.ndarray:
 class DevicePipeline:
     """The uint8 train set and this process's test shard on every local device.
 
-    `num_test` is the whole test split (all processes): every process runs the same number of
-    evaluation steps, enough for the largest shard.
+    `num_test` is the whole test split (all processes): every process holds its shard padded to
+    the largest shard's length and runs the same number of evaluation steps over it, so that all
+    processes run one program (make_evaluate).
     """
 
     def __init__(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                  cfg: training.StepConfig, *, steps_per_epoch: int, num_test: int):
         self.steps_per_epoch = steps_per_epoch
-        self.train_data, self.test_data = DeviceData(*train), DeviceData(*test)
         self.test_images, self.test_labels = test
+        largest_shard = math.ceil(num_test / jax.process_count())
+        self.train_data = DeviceData(*train)
+        self.test_data = DeviceData(*(padded(array, largest_shard) for array in test))
+        self.num_local_test = len(self.test_labels)
         self.train_chunk = training.make_train_chunk(cfg)
         self.evaluate_on_device = training.make_evaluate(cfg)
-        self.eval_steps = eval_steps(math.ceil(num_test / jax.process_count()),
-                                     cfg.eval_batch_per_device, jax.local_device_count())
+        self.eval_steps = eval_steps(largest_shard, cfg.eval_batch_per_device,
+                                     jax.local_device_count())
         self.timer = ChunkTimer()
 
     def train_chunks(self, state, *, epoch: int, start_step: int):
@@ -153,8 +162,8 @@ class DevicePipeline:
         order."""
         sums, preds = self.evaluate_on_device(state.train, self.test_data.images,
                                               self.test_data.labels, self.test_data.local_index,
-                                              self.eval_steps)
-        return replicas.host_sums(sums), gather_predictions(preds, self.test_data.num_examples)
+                                              np.int32(self.num_local_test), self.eval_steps)
+        return replicas.host_sums(sums), gather_predictions(preds, self.num_local_test)
 
     def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(`count` test images spread over the classes (plots.spread_over_classes), their

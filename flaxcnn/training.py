@@ -299,23 +299,25 @@ def _eval_sums(logits, labels, mask):
 
 
 def make_evaluate(cfg: StepConfig, devices=None):
-    """pmapped `(state, images, labels, local_index, num_steps)` -> (global sums, predictions).
+    """pmapped `(state, images, labels, local_index, num_real, num_steps)` -> (global sums,
+    predictions).
 
-    Covers each of the N on-device test examples exactly once: step s of device d takes examples
-    (s*local_devices + d)*e .. +e, clipped and masked past N. `num_steps` must be the same on every
-    process. Predictions come back per device as (num_steps, e), in that order.
+    Covers each of the first `num_real` on-device test examples exactly once: step s of device d
+    takes examples (s*local_devices + d)*e .. +e, clipped and masked from `num_real` on.
+    `num_steps` and the arrays' shapes must be the same on every process (a program compiled for
+    other shapes runs other collectives, and since jax 0.12.1 the processes wait for each other
+    forever), so a process's smaller test shard comes padded and `num_real` (an int32, broadcast)
+    says how much of it is real. Predictions come back per device as (num_steps, e), in that order.
     """
     e = cfg.eval_batch_per_device
     local_devices = len(devices) if devices else jax.local_device_count()
 
-    def evaluate(state, images, labels, local_index, num_steps):
-        n = images.shape[0]
-
+    def evaluate(state, images, labels, local_index, num_real, num_steps):
         def body(s, carry):
             sums, preds = carry
             idx = (s * local_devices + local_index) * e + jnp.arange(e)
-            mask = idx < n
-            idx = jnp.minimum(idx, n - 1)
+            mask = idx < num_real
+            idx = jnp.minimum(idx, images.shape[0] - 1)
             logits = _eval_logits(state, images[idx], cfg.input_kwargs)
             step_sums, step_preds = _eval_sums(logits, labels[idx], mask)
             sums = jax.tree.map(jnp.add, sums, step_sums)
@@ -326,8 +328,8 @@ def make_evaluate(cfg: StepConfig, devices=None):
                                     (zeros, jnp.zeros((num_steps, e), jnp.int32)))
         return lax.psum(sums, AXIS), preds
 
-    return jax.pmap(evaluate, AXIS, in_axes=(0, 0, 0, 0, None), static_broadcasted_argnums=(4,),
-                    devices=devices)
+    return jax.pmap(evaluate, AXIS, in_axes=(0, 0, 0, 0, None, None),
+                    static_broadcasted_argnums=(5,), devices=devices)
 
 
 def make_evaluate_batch(cfg: StepConfig, devices=None):
