@@ -115,8 +115,11 @@ def eval_steps(num_examples: int, eval_batch_per_device: int, num_devices: int) 
 
 
 def padded(array: np.ndarray, length: int) -> np.ndarray:
-    """`array` with zeros appended along its first axis up to `length`."""
-    return np.concatenate([array, np.zeros((length - len(array), *array.shape[1:]), array.dtype)])
+    """`array` with zeros appended along its first axis up to `length` (itself if that long)."""
+    if len(array) == length:
+        return array
+    padding = np.zeros((length - len(array), *array.shape[1:]), array.dtype)
+    return np.concatenate([array, padding])
 
 
 def gather_predictions(preds, num_examples: int) -> np.ndarray:
@@ -140,7 +143,6 @@ class DevicePipeline:
         largest_shard = math.ceil(num_test / jax.process_count())
         self.train_data = DeviceData(*train)
         self.test_data = DeviceData(*(padded(array, largest_shard) for array in test))
-        self.num_local_test = len(self.test_labels)
         self.train_chunk = training.make_train_chunk(cfg)
         self.evaluate_on_device = training.make_evaluate(cfg)
         self.eval_steps = eval_steps(largest_shard, cfg.eval_batch_per_device,
@@ -162,8 +164,8 @@ class DevicePipeline:
         order."""
         sums, preds = self.evaluate_on_device(state.train, self.test_data.images,
                                               self.test_data.labels, self.test_data.local_index,
-                                              np.int32(self.num_local_test), self.eval_steps)
-        return replicas.host_sums(sums), gather_predictions(preds, self.num_local_test)
+                                              np.int32(len(self.test_labels)), self.eval_steps)
+        return replicas.host_sums(sums), gather_predictions(preds, len(self.test_labels))
 
     def preview(self, count: int, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(`count` test images spread over the classes (plots.spread_over_classes), their
