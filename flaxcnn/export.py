@@ -306,14 +306,18 @@ def _two_d_max_pools(model) -> None:
 
 
 def _tensorflow():
+    missing = UserError("--format saved_model needs TensorFlow, which is not installed here: "
+                        "pip install tensorflow-cpu, or export without --format (the jax.export "
+                        "artifact needs no TensorFlow)")
+    # asked before tf_setup imports tfds, which without TensorFlow imports only in part
+    if importlib.util.find_spec("tensorflow") is None:
+        raise missing
     try:
         from flaxcnn.datasets.tf_setup import tensorflow
 
         return tensorflow()
     except ImportError:
-        raise UserError("--format saved_model needs TensorFlow, which is not installed here: "
-                        "pip install tensorflow-cpu, or export without --format (the jax.export "
-                        "artifact needs no TensorFlow)") from None
+        raise missing from None
 
 
 SERVE_ELSEWHERE = """
