@@ -34,12 +34,25 @@ def param_count(variables_or_params) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(variables_or_params))
 
 
+def variable_shapes(model, image_size: int, channels: int = 1) -> dict:
+    """The shapes of `model`'s variables for image_size x image_size images (jax.eval_shape)."""
+    image = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+
+
+def parameters(name: str, image_size: int, channels: int = 1, num_classes: int = 10,
+               **overrides) -> int:
+    """The trainable parameters of model `name` at image_size (the size matters where a dense
+    layer follows the flattened maps); instant, where model_stats also compiles for the FLOPs."""
+    model = models.create(name, num_classes=num_classes, **overrides)
+    return param_count(variable_shapes(model, image_size, channels))
+
+
 def model_stats(name: str, image_size: int, channels: int = 1, num_classes: int = 10, **overrides) -> dict:
     """{'params': trainable parameters, 'batch_stats': BatchNorm statistics values,
     'flops_per_image': forward FLOPs of one image in evaluation mode, 'min_input_size': pixels}."""
     model = models.create(name, num_classes=num_classes, **overrides)
-    image = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+    variables = variable_shapes(model, image_size, channels)
     return {
         "params": param_count(variables["params"]),
         "batch_stats": param_count(variables.get("batch_stats", {})),

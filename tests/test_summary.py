@@ -56,6 +56,15 @@ def test_model_stats_passes_overrides():
     assert summary.model_stats("vgg11", 224, width_divisor=4)["params"] == 43_093_322
 
 
+def test_parameters_are_model_stats_params_without_compiling():
+    # AlexNet's first dense layer sees the flattened maps, so its size follows the image's
+    assert summary.parameters("alexnet", 224) == summary.model_stats("alexnet", 224)["params"]
+    assert summary.parameters("alexnet", 96) < summary.parameters("alexnet", 224)
+    assert summary.parameters("vgg11", 224, width_divisor=4) == 43_093_322
+    assert summary.parameters("lenet_bn", 28, channels=3, num_classes=5) == \
+        44_878 + 2 * 150 - 85 * 5
+
+
 def test_param_count_takes_variables_or_params():
     model = models.create("lenet_bn")
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False))
