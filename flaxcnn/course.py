@@ -11,12 +11,14 @@ hook drawing the plot; `start` makes the process-wide settings train.py makes at
 badges and install cells, and the book, use it (tests/test_notebook.py checks that they agree).
 With FLAXCNN_SMOKE=1 in the environment every experiment is shrunk to the first SMOKE_IMAGES
 training and test images of the bundled sample, one epoch (two where the experiment asks for
-more), at the network's smallest input (at least 16 pixels), so that the test suite runs every
-notebook top to bottom quickly; the shapes printed before training are unchanged.
+more), at the network's smallest input (at least 16 pixels), without the run's pictures (the
+notebook's own plot is drawn), so that the test suite runs every notebook top to bottom quickly;
+the shapes printed before training are unchanged.
 """
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import inspect
 import os
@@ -134,6 +136,7 @@ class Section:
 
             config.num_epochs = 2 if longer else 1
             config.dataset, config.idx_dir = "fashion_mnist", smoke_data()
+            config.plots = False  # the notebook draws its own curves; the run's pictures take seconds
             model = models.create(config.model, **config.model_overrides.to_dict())
             config.image_size = max(model.min_input_size, 16)
         return config
@@ -288,8 +291,9 @@ def output_shape(block, input_shape: tuple, seed: int = 0) -> tuple:
     import jax
 
     x = jax.random.normal(jax.random.key(seed), input_shape)
-    variables = block.init(jax.random.key(seed + 1), x)
-    y, _ = block.apply(variables, x, mutable=["batch_stats"])
+    # one compiled program each, rather than an XLA program for every operation run eagerly
+    variables = jax.jit(block.init)(jax.random.key(seed + 1), x)
+    y, _ = jax.jit(functools.partial(block.apply, mutable=["batch_stats"]))(variables, x)
     print(f"{type(block).__name__}: {tuple(input_shape)} -> {tuple(y.shape)}")
     return tuple(y.shape)
 

@@ -237,8 +237,8 @@ def test_blocks_build_with_d2ls_names_and_arguments_alone():
                                    (DenseBlock(2, 10), 3, (4, 6, 6, 23)),
                                    (transition_block(10), 3, (4, 3, 3, 10))]:
         x = jax.random.normal(jax.random.key(1), (4, 6, 6, channels))
-        variables = block.init(jax.random.key(0), x)
-        y, updates = block.apply(variables, x + 1, mutable=["batch_stats"])
+        variables = jax.jit(block.init)(jax.random.key(0), x)
+        y, updates = jax.jit(functools.partial(block.apply, mutable=["batch_stats"]))(variables, x + 1)
         assert y.shape == shape, block
         moved = jax.tree_util.tree_map(lambda new, old: bool(jnp.any(new != old)),
                                        updates["batch_stats"], variables["batch_stats"])
