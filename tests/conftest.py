@@ -59,6 +59,30 @@ RUN = {"dataset": "fashion_mnist_sample", "batch_size": 32, "learning_rate": 0.1
 STEPS_PER_EPOCH = -(-1003 // RUN["batch_size"])
 TIMING_FIELDS = ("examples_per_sec", "epoch_seconds")
 
+# torchvision's larger networks, which the chapter does not train: a check that compiles one of them
+# takes seconds to minutes, so it is slow (pytest.ini), or heavy in float64 (test_model_gradients)
+LARGER_NETWORKS = frozenset({"vgg13", "vgg16", "vgg19", "resnet34", "tv_resnet34", "resnet50",
+                             "resnext50", "inception_v3"})
+
+
+def slow_for_larger_networks(names) -> list:
+    """`names` as pytest parameters, those of LARGER_NETWORKS marked slow."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name in LARGER_NETWORKS else name
+            for name in names]
+
+
+# The test files whose modules or classes take longest, longest first (--durations on two cores,
+# cold): pytest-xdist hands each module or class to a worker in collection order (pytest.ini), so
+# these start first and the short ones fill in around them.
+LONGEST_FIRST = ("test_cluster.py", "test_model_gradients.py", "test_readme.py", "test_models.py",
+                 "test_notebook.py", "test_export.py", "test_trainer.py", "test_training.py",
+                 "test_pretrained.py")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name)
+               if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):

@@ -10,6 +10,7 @@ from flaxcnn import bench, models
 from tests.conftest import CHAPTER_CONFIGS, REPO
 
 
+@pytest.mark.slow
 def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the JSON goes to runs/bench.json by default
     out = tmp_path / "runs" / "bench.json"
@@ -28,6 +29,7 @@ def test_bench_times_steps_and_a_whole_epoch(tmp_path, capsys, monkeypatch):
     assert "| lenet_bn | 16" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_keeps_each_models_result_when_a_later_one_fails(tmp_path, monkeypatch):
     """A device call cut short (time limit, out of memory) still returns what it measured."""
     measured = bench.bench_model

@@ -236,12 +236,18 @@ def test_blocks_build_with_d2ls_names_and_arguments_alone():
                                    (ResNeXtBlock(32, 16, 1), 32, (4, 6, 6, 32)),
                                    (DenseBlock(2, 10), 3, (4, 6, 6, 23)),
                                    (transition_block(10), 3, (4, 3, 3, 10))]:
-        x = jax.random.normal(jax.random.key(1), (4, 6, 6, channels))
-        variables = jax.jit(block.init)(jax.random.key(0), x)
-        y, updates = jax.jit(functools.partial(block.apply, mutable=["batch_stats"]))(variables, x + 1)
-        assert y.shape == shape, block
-        moved = jax.tree_util.tree_map(lambda new, old: bool(jnp.any(new != old)),
-                                       updates["batch_stats"], variables["batch_stats"])
-        assert all(jax.tree_util.tree_leaves(moved)), block  # training mode: statistics move
+        def init_and_apply(x, block=block):
+            variables = block.init(jax.random.key(0), x)
+            return block.apply(variables, x, mutable=["batch_stats"])[0]
+
+        x = jax.ShapeDtypeStruct((4, 6, 6, channels), jnp.float32)
+        assert jax.eval_shape(init_and_apply, x).shape == shape, block
+    # one of them run for real: every statistic moves, as BatchNorm's do in training mode
+    block, x = DenseBlock(2, 10), jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
+    variables = jax.jit(block.init)(jax.random.key(0), x)
+    _, updates = jax.jit(functools.partial(block.apply, mutable=["batch_stats"]))(variables, x + 1)
+    moved = jax.tree_util.tree_map(lambda new, old: bool(jnp.any(new != old)),
+                                   updates["batch_stats"], variables["batch_stats"])
+    assert len(jax.tree_util.tree_leaves(moved)) == 4 and all(jax.tree_util.tree_leaves(moved))  # 2 BNs
     with pytest.raises(TypeError):
         Residual()

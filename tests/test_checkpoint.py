@@ -18,6 +18,7 @@ from tests.conftest import (RUN, STEPS_PER_EPOCH, assert_bit_identical, checkpoi
 S = STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_sigterm_saves_mid_epoch_and_resumes_bit_identical(reference_run, tfds_dir, tmp_path,
                                                            run_config, capsys):
     # The first chunks of a fresh process are single steps (the first one compiles), so a
@@ -41,6 +42,7 @@ def test_sigterm_saves_mid_epoch_and_resumes_bit_identical(reference_run, tfds_d
     assert_bit_identical(latest(tmp_path), latest(reference_run))
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_and_keeps_complete_checkpoints(tfds_dir, tmp_path,
                                                                    run_config, capsys):
     process = launch_train(tmp_path, tfds_dir)
@@ -54,6 +56,7 @@ def test_second_ctrl_c_exits_at_once_and_keeps_complete_checkpoints(tfds_dir, tm
     assert [m["epoch"] for m in metrics(tmp_path)] == list(range(1, RUN["num_epochs"] + 1))
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_device_counts(reference_run, tfds_dir, tmp_path, run_config):
     copy_run(reference_run, tmp_path, epochs=1)  # saved with 4 devices
     code, out, err = finish(launch_train(tmp_path, tfds_dir, "--config.num_epochs=2", devices=1))

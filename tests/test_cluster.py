@@ -127,6 +127,7 @@ def two_processes(tfds_dir, tmp_path_factory):
     return workdir, stopped, interrupted
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(one_process, two_processes):
     """Per-epoch metrics and final parameters and BatchNorm statistics agree to round-off; every
     test example is evaluated once (test_examples == 1003); only process 0 prints."""
@@ -135,6 +136,7 @@ def test_two_processes_train_as_one(one_process, two_processes):
     assert_same_run(workdir, one_process)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_all_at_the_same_step(two_processes):
     """The signal reached process 1 only: both saved the same step and exited cleanly, and
     only process 0 printed (the resume hint); the resumed run finished the epochs."""
@@ -152,6 +154,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(two_processes):
     assert records(workdir)[-1]["step"] == 2 * STEPS
 
 
+@pytest.mark.slow
 def test_checkpoint_moves_between_two_processes_and_one(one_process, two_processes, tfds_dir,
                                                         tmp_path, capsys):
     """The 2-process run's mid-epoch checkpoint continues in 1 process, and the 1-process
@@ -171,6 +174,7 @@ def test_checkpoint_moves_between_two_processes_and_one(one_process, two_process
     assert_same_run(one_to_two, one_process)
 
 
+@pytest.mark.slow
 def test_shards_are_disjoint_and_cover_the_data(tfds_dir, tmp_path):
     """Each global batch is split between the processes' devices, the epoch's batches are those
     of one process; the test split is sharded so that every example is evaluated once."""
@@ -196,6 +200,7 @@ def test_shards_are_disjoint_and_cover_the_data(tfds_dir, tmp_path):
             == collections.Counter(p0["whole_test"].tolist()))
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_others(tfds_dir, tmp_path, capsys):
     """SIGKILL to process 1: process 0 stops within the heartbeat timeout with one line naming
     process 1; the last complete checkpoint restores."""
@@ -225,12 +230,14 @@ def one_line_error(results) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 def test_process_id_out_of_range(tfds_dir, tmp_path):
     results = finish_all([launch_train(tmp_path, tfds_dir, "--coordinator_address=localhost:1",
                                        "--num_processes=2", "--process_id=2")])
     assert one_line_error(results)[0].startswith("error: --process_id=2 is out of range")
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_fails_within_seconds(tfds_dir, tmp_path):
     t0 = time.monotonic()
     results = finish_all([launch_train(tmp_path, tfds_dir,
@@ -241,11 +248,13 @@ def test_unreachable_coordinator_fails_within_seconds(tfds_dir, tmp_path):
     assert one_line_error(results)[0].startswith("error: could not join the cluster at localhost:")
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_all_devices(tfds_dir, tmp_path):
     lines = one_line_error(finish_all(launch(tmp_path / "w", tfds_dir, 2, "--config.batch_size=6")))
     assert lines[0] == lines[1] and "not divisible by the 4 devices" in lines[0]
 
 
+@pytest.mark.slow
 def test_processes_with_different_configs_refuse_to_start(tfds_dir, tmp_path):
     lines = one_line_error(finish_all(launch(tmp_path / "w", tfds_dir, 2,
                                          per_process={1: ["--config.learning_rate=0.05"]})))
@@ -368,6 +377,7 @@ def streamed_here(streamed_folder, tfds_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_a_streamed_folder_resumes_bit_for_bit_after_sigterm_mid_epoch_without_tensorflow(
         streamed_folder, streamed_here, tfds_dir, tmp_path, capsys):
     process = launch_train(tmp_path, tfds_dir, *stream_flags(streamed_folder), phases=True,
@@ -390,6 +400,7 @@ def test_a_streamed_folder_resumes_bit_for_bit_after_sigterm_mid_epoch_without_t
     assert_bit_identical(latest(tmp_path), latest(streamed_here))
 
 
+@pytest.mark.slow
 def test_a_streamed_folder_trains_alike_in_two_processes_without_tensorflow(
         streamed_folder, streamed_here, tfds_dir, tmp_path):
     """2 processes x 2 devices, each reading its devices' part of each step from the cache, train

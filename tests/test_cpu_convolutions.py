@@ -90,6 +90,7 @@ def zoo(tmp_path_factory, zoo_shapes):
     return convs, results[True], results[False]
 
 
+@pytest.mark.slow
 def test_the_zoo_has_every_kind_of_convolution(zoo_shapes):
     convs = zoo_shapes
     models = {name for conv in convs for name in conv["models"]}
@@ -112,6 +113,7 @@ def terms_per_sum(conv: dict, part: str) -> int:
     return batch * h * w  # at most the output's positions
 
 
+@pytest.mark.slow
 def test_every_zoo_convolution_matches_xla_default_within_round_off(zoo):
     """float32: every convolution; float64: one of each kind (zoo_convolutions.kinds)."""
     convs, default, ours = zoo
@@ -133,6 +135,7 @@ def test_every_zoo_convolution_matches_xla_default_within_round_off(zoo):
     assert 0 < worst  # the two really are different computations
 
 
+@pytest.mark.slow
 def test_grouped_convolutions_group_by_group_match_lax(zoo_shapes):
     """flaxcnn.models.convolution computes every grouped convolution of the models (ResNeXt-50's
     and RegNetX-32's) as separate convolutions: lax's outputs and gradients within round-off

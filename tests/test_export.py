@@ -24,7 +24,7 @@ from flaxcnn.errors import UserError
 from flaxcnn.pretrained import mappings
 from flaxcnn.runs import eval_logits
 from image_folders import make_folder, sample_images
-from tests.conftest import REPO, config_of, sample_test_images, train_to_end
+from tests.conftest import REPO, config_of, sample_test_images, slow_for_larger_networks, train_to_end
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from pretrained_tensors import manifest, reference_input, reference_state  # noqa: E402
@@ -59,9 +59,17 @@ def run(reference_run):
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
+    """The run exported as python -m flaxcnn.export writes it by default: model.jax, model.json."""
+    out = tmp_path_factory.mktemp("export") / "lenet"
+    export.export(run, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved_model_exported(run, tmp_path_factory):
     """The run exported with its SavedModel, or without it where this TensorFlow cannot run what
     this jax writes (export says so: test_a_saved_model_is_written_where_tensorflow_runs_it)."""
-    out = tmp_path_factory.mktemp("export") / "lenet"
+    out = tmp_path_factory.mktemp("saved_model_export") / "lenet"
     try:
         export.export(run, out, format="saved_model")
     except UserError as e:
@@ -71,9 +79,13 @@ def exported(run, tmp_path_factory):
     return out
 
 
-def test_a_saved_model_is_written_where_tensorflow_runs_it(exported):
+@pytest.mark.slow
+def test_a_saved_model_is_written_where_tensorflow_runs_it(saved_model_exported):
     """Where export wrote no SavedModel, TensorFlow really cannot run jax2tf's output here."""
+    exported = saved_model_exported
     if (exported / "saved_model").is_dir():
+        spec = json.loads((exported / "model.json").read_text())
+        assert spec["files"] == {"jax_export": "model.jax", "saved_model": "saved_model"}
         return  # its logits are checked against load_run's in the test below
     import tensorflow as tf
     from jax.experimental import jax2tf
@@ -87,8 +99,10 @@ def test_a_saved_model_is_written_where_tensorflow_runs_it(exported):
         tf.saved_model.load(str(exported.parent / "probe")).f(np.ones(2, np.float32))
 
 
+@pytest.mark.slow
 def test_the_export_gives_load_runs_logits_in_a_fresh_process_at_any_batch_size(
-        run, exported, tmp_path):
+        run, saved_model_exported, tmp_path):
+    exported = saved_model_exported
     images = sample_test_images()[0][:max(BATCH_SIZES)]
     np.save(tmp_path / "images.npy", images)
     result = subprocess.run([sys.executable, "-c", RELOAD, str(exported), str(tmp_path / "images.npy"),
@@ -110,8 +124,7 @@ def test_the_spec_says_what_the_export_expects(run, exported):
     assert spec["input"]["shape"] == [None, 28, 28, 1] and spec["input"]["dtype"] == "uint8"
     assert spec["output"]["shape"] == [None, 10] and spec["class_names"] == list(FASHION_MNIST_CLASSES)
     assert (spec["normalize"], spec["image_size"], spec["model"]) == ("none", 28, "lenet_bn")
-    assert spec["files"] == {"jax_export": "model.jax", **(
-        {"saved_model": "saved_model"} if (exported / "saved_model").is_dir() else {})}
+    assert spec["files"] == {"jax_export": "model.jax"}
     assert spec["step"] == json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
 
 
@@ -184,6 +197,7 @@ def onnx_exported(run, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @needs_onnx_tools
 def test_the_onnx_export_gives_model_jaxs_logits_in_onnxruntime_at_any_batch_size(onnx_exported,
                                                                                    tmp_path):
@@ -309,7 +323,7 @@ def fake_variables(name, channels, num_classes=7):
                                      for index, leaf in enumerate(leaves)])
 
 
-@pytest.mark.parametrize("name", list(mappings.LAYOUTS))
+@pytest.mark.parametrize("name", slow_for_larger_networks(mappings.LAYOUTS))
 def test_every_layouts_state_dict_reads_back_bit_for_bit(name, tmp_path, monkeypatch):
     """Any variables of a model with a PyTorch layout: exported, read by pretrained.load, equal."""
     if name in NARROWER:
@@ -322,7 +336,8 @@ def test_every_layouts_state_dict_reads_back_bit_for_bit(name, tmp_path, monkeyp
     assert_same_bits(pretrained.load(name, str(path)), variables)
 
 
-@pytest.mark.parametrize("name", [name for name in pretrained.layouts() if not name.startswith("vgg")])
+@pytest.mark.parametrize("name", slow_for_larger_networks(
+    name for name in pretrained.layouts() if not name.startswith("vgg")))
 def test_the_torchvision_references_export_to_themselves(name, tmp_path):
     """The committed references' tensors, loaded, export to the very tensors under torchvision's
     names (num_batches_tracked included), so torchvision computes its reference logits from the
@@ -396,6 +411,7 @@ def finetuned(tfds_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_a_finetuned_resnet18_exports_for_torchvision_and_onnx(finetuned, tmp_path):
     model, variables, info = flaxcnn.load_run(finetuned)
     assert not np.array_equal(variables["batch_stats"]["BatchNorm_0"]["mean"],

@@ -41,6 +41,7 @@ from jax import lax
 from flaxcnn import models
 from flaxcnn.models import alexnet, googlenet, inception, init, nin, resnet, vgg
 from flaxcnn.pretrained import mappings
+from tests.conftest import LARGER_NETWORKS
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -54,11 +55,10 @@ def reference(name):
     return json.loads((FIXTURES / "gradients" / f"{name}.json").read_text())
 
 
-# torchvision's larger networks, which the chapter does not train: minutes of float64 each on two
-# cores, so the README's test command leaves them out (pytest.ini) and CI runs them on its own
-# (.ci/run: python -m pytest -m heavy); every chapter model and both stems run in every suite.
-HEAVY = frozenset({"vgg13", "vgg16", "vgg19", "resnet34", "tv_resnet34", "resnet50", "resnext50",
-                   "inception_v3"})
+# Every model's float64 step takes tens of seconds on two cores, so the README's quick command
+# leaves these tests out (pytest.ini) and CI runs them (.ci/run: -m "slow or heavy"): the chapter's
+# models on both stacks, torchvision's larger networks (minutes each, which the chapter does not
+# train) on the pinned one.
 
 
 def model_of(name):
@@ -154,7 +154,7 @@ def model_tests(name):
     batches = [int(batch) for batch in reference(name)["cases"]]
 
     class ModelTests:
-        pytestmark = [pytest.mark.heavy] if name in HEAVY else []
+        pytestmark = [pytest.mark.heavy] if name in LARGER_NETWORKS else [pytest.mark.slow]
 
         @pytest.mark.parametrize("batch", batches)
         def test_one_train_step_gives_pytorchs_loss_and_gradient(self, batch):

@@ -18,7 +18,7 @@ from flaxcnn.models.init import xavier_uniform
 from flaxcnn.models.resnet import ResNeXtBlock
 from flaxcnn.models.vgg import vgg_block
 from flaxcnn.summary import param_count
-from tests.conftest import CHAPTER_CONFIGS
+from tests.conftest import CHAPTER_CONFIGS, slow_for_larger_networks
 
 KEY = jax.random.key(0)
 # XLA:CPU compiles the random-number code of a real init slowly; these options make it quick
@@ -595,6 +595,7 @@ def test_nin_is_not_dead_at_initialisation():
 
 # --- train and eval --------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMPUTED)
 def test_train_and_eval_differ_only_by_dropout_and_batch_norm(name):
     variables = initialized(name, MIN_INPUT_SIZES[name])
@@ -653,7 +654,7 @@ def test_batch_norm_axis_reaches_every_batch_norm(name):
     assert len(means) == BATCH_NORM_LAYERS[name]
 
 
-@pytest.mark.parametrize("name", PARAM_COUNTS)
+@pytest.mark.parametrize("name", slow_for_larger_networks(PARAM_COUNTS))
 def test_bfloat16_convolutions_and_dense_layers_with_float32_params(name):
     size = MIN_INPUT_SIZES[name]
     model = models.create(name, dtype=jnp.bfloat16)

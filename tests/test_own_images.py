@@ -48,6 +48,7 @@ def folder_run(tfds_dir, pictures, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_a_folder_trains_with_augmentation_and_resumes_bit_for_bit(folder_run, tfds_dir,
                                                                     pictures, tmp_path):
     records = metrics_without_timing(folder_run)
@@ -63,6 +64,7 @@ def test_a_folder_trains_with_augmentation_and_resumes_bit_for_bit(folder_run, t
     assert_bit_identical(latest(resumed), latest(folder_run))
 
 
+@pytest.mark.slow
 def test_augmentation_changes_the_run(folder_run, tfds_dir, pictures, tmp_path):
     train_to_end(folder_config(tfds_dir, pictures, augment="none", num_epochs=1), tmp_path)
     assert max_abs_difference(latest(tmp_path)["params"], latest(
@@ -115,6 +117,7 @@ def finetuned(tfds_dir, pictures, weights, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_weights_and_trains_only_the_new_head(finetuned, weights):
     loaded = pretrained.load("tv_resnet18", str(weights))
     state = latest(finetuned)
@@ -126,6 +129,7 @@ def test_fine_tuning_starts_from_the_weights_and_trains_only_the_new_head(finetu
     assert info["init_from"] == str(weights) and info["input"]["normalize"] == "imagenet"
 
 
+@pytest.mark.slow
 def test_fine_tuning_resumes_bit_for_bit_and_ignores_init_from_then(finetuned, tfds_dir,
                                                                      pictures, weights, tmp_path,
                                                                      capsys):
@@ -139,6 +143,7 @@ def test_fine_tuning_resumes_bit_for_bit_and_ignores_init_from_then(finetuned, t
     assert json.loads((resumed / "run_info.json").read_text())["init_from"] == str(weights)
 
 
+@pytest.mark.slow
 def test_without_freezing_the_backbone_trains_too(tfds_dir, pictures, weights, tmp_path):
     train_to_end(finetune_config(tfds_dir, pictures, weights, num_epochs=1), tmp_path)
     loaded, state = pretrained.load("tv_resnet18", str(weights)), latest(tmp_path)

@@ -136,6 +136,7 @@ def test_each_process_reads_only_its_devices_part_of_each_step(sample):
     np.testing.assert_array_equal(half["label"], whole["label"][2:])
 
 
+@pytest.mark.slow
 def test_the_tf_data_stream_trains_and_evaluates_a_tfrecord_dataset(tmp_path):
     """tfds datasets stored as tfrecord are what tf.data is left for: 20 examples, batch 8, so
     3 steps, the last with 4 real examples; every test example evaluated once."""

@@ -25,6 +25,7 @@ from safetensors.numpy import save_file
 from flaxcnn import models, pretrained, summary
 from flaxcnn.errors import UserError
 from flaxcnn.pretrained import mappings, readers
+from tests.conftest import slow_for_larger_networks
 from tests.data_helpers import FileServer
 from torch_format import write_pth
 
@@ -70,6 +71,7 @@ def test_safetensors_route_gives_torchvisions_resnet18_logits(resnet18_variables
     assert_torchvisions_logits("tv_resnet18", resnet18_variables)
 
 
+@pytest.mark.slow  # test_safetensors_route_gives_torchvisions_resnet18_logits is the quick one
 @pytest.mark.parametrize("name", ["resnext50", "vgg11", "vgg16"])
 def test_safetensors_route_gives_torchvisions_logits(name, tmp_path):
     path = tmp_path / f"{name}.safetensors"
@@ -77,7 +79,7 @@ def test_safetensors_route_gives_torchvisions_logits(name, tmp_path):
     assert_torchvisions_logits(name, pretrained.load(name, str(path)))
 
 
-@pytest.mark.parametrize("name", ["tv_resnet34", "inception_v3", "vgg13"])
+@pytest.mark.parametrize("name", slow_for_larger_networks(["tv_resnet34", "inception_v3", "vgg13"]))
 def test_pth_route_without_torch_gives_torchvisions_logits(name, tmp_path, monkeypatch):
     monkeypatch.setattr(readers.importlib.util, "find_spec", lambda module: None)  # as if torch were absent
     path = tmp_path / f"{name}.pth"
@@ -140,6 +142,7 @@ def hub_cache(tmp_path, monkeypatch, repo, state):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
+@pytest.mark.slow
 def test_hf_hub_route_reads_timms_vgg19_names(tmp_path, monkeypatch):
     timm_names = {"classifier.0": "pre_logits.fc1", "classifier.3": "pre_logits.fc2", "classifier.6": "head.fc"}
     state = {}

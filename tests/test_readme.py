@@ -94,7 +94,24 @@ def test_the_readme_and_the_book_show_every_tool():
 RUNNABLE = [block for i, block in enumerate(RUNNABLE) if block not in RUNNABLE[:i]]
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=[b[0].removeprefix(SETUP)[:60] for b in RUNNABLE])
+def is_slow(block) -> bool:
+    """Whether a block trains more than once, or trains or summarises a network bigger than
+    LeNet-BN: seconds of compiling each, even shrunk, so slow (pytest.ini)."""
+    lenets = ("lenet_bn", "lenet_bn_scratch")
+    if sum(command.startswith("python train.py") for command in block) > 1:
+        return True
+    for command in block:
+        tool_model = re.search(r"--models? (\w+)", command)
+        if command.startswith("python train.py") and config_model(command) not in lenets or \
+                tool_model and tool_model.group(1) not in lenets:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("block", [
+    pytest.param(block, id=block[0].removeprefix(SETUP)[:60],
+                 marks=[pytest.mark.slow] if is_slow(block) else [])
+    for block in RUNNABLE])
 def test_readme_block_runs(block, tmp_path, tfds_dir, monkeypatch):
     for name in ("train.py", "configs", "flaxcnn", "requirements.txt"):
         (tmp_path / name).symlink_to(Path(REPO) / name)

@@ -27,6 +27,7 @@ from tests.conftest import (RUN, STEPS_PER_EPOCH, assert_bit_identical, checkpoi
 # --- two runs, one workdir -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothing(
         tfds_dir, tmp_path, run_config):
     first = launch_train(tmp_path, tfds_dir, "--config.num_epochs=50")
@@ -49,6 +50,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_blocks_nothi
     assert (tmp_path / LOCK_NAME).read_text() == ""  # released at the end
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_for_the_whole_run_and_in_process_too(reference_run, run_config,
                                                                tmp_path):
     copy_run(reference_run, tmp_path, epochs=1)
@@ -69,9 +71,12 @@ def _snapshot(directory):
 
 
 @pytest.mark.parametrize("change,message", [
-    ("wider", "params/BatchNorm_2/bias has shape (120,) in the checkpoint, (128,) now"),
+    pytest.param("wider", "params/BatchNorm_2/bias has shape (120,) in the checkpoint, (128,) now",
+                 marks=pytest.mark.slow),
     ("deeper", "params/Dense_2/bias has shape (10,) in the checkpoint, (84,) now"),
-    ("shallower", "the checkpoint's params/Dense_2/bias (shape (10,)) is not in the model any more"),
+    pytest.param("shallower",
+                 "the checkpoint's params/Dense_2/bias (shape (10,)) is not in the model any more",
+                 marks=pytest.mark.slow),
 ])
 def test_a_checkpoint_that_no_longer_fits_the_code_is_refused_and_left_alone(
         change, message, reference_run, run_config, tmp_path, monkeypatch):
@@ -131,6 +136,7 @@ def read_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]  # a torn line fails here
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_the_last_checkpoint_resumes(
         small_disk, tfds_dir, reference_run, run_config):
     workdir = copy_run(reference_run, small_disk / "run", epochs=1)
@@ -284,6 +290,7 @@ def kill_in_phase(workdir, tfds_dir, target, delay):
     return hit
 
 
+@pytest.mark.slow
 def test_kill_soak_resumes_bit_identical_after_sigkill_in_every_phase(
         reference_run, tfds_dir, tmp_path, run_config):
     """SIGKILL in each phase (a kill that missed its phase is tried again), then the same command

@@ -70,6 +70,7 @@ def test_a_config_file_that_is_missing_or_does_not_load_is_one_line(text, messag
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_any_model_field_can_be_set_on_the_command_line(tfds_dir, tmp_path, monkeypatch):
     # configs/regnet.py sets no model field; RegNetX-32 with a third stage (the notebook's
     # exercise), "--flag value" form as well as "--flag=value"
@@ -128,6 +129,7 @@ def test_a_config_file_is_executed_once(tmp_path, monkeypatch):
     assert counter.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_a_rerun_compiles_nothing_with_the_compilation_cache(tfds_dir, tmp_path):
     cache = tmp_path / "cache"
     args = ["--config", "configs/batchnorm.py", "--config.dataset=fashion_mnist_sample",

@@ -26,6 +26,7 @@ EPOCHS_TO_LEAVE_CHANCE = {"googlenet": 2, "nin": 3, "vgg": 2}
 LEAVES_CHANCE_ABOVE = {"nin": 0.12}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CHAPTER_CONFIGS)
 def test_every_config_leaves_chance_in_the_first_epochs_of_its_sample_variant(name, tfds_dir,
                                                                             tmp_path):
@@ -54,6 +55,7 @@ def test_every_config_leaves_chance_in_the_first_epochs_of_its_sample_variant(na
     assert record["test_accuracy"] >= LEAVES_CHANCE_ABOVE.get(name, 0.15), record
 
 
+@pytest.mark.slow
 def test_lenet_bn_learns_the_real_fashion_mnist_sample(make_config, tmp_path):
     # d2l's own PyTorch LeNet-BN at these settings, with d2l's last partial batch: 0.686-0.781 over
     # seeds 0-4 (../shared/bench/torch_sample_train.py --models lenet_bn --seeds 0,1,2,3,4
@@ -98,7 +100,7 @@ def assert_run_outputs(workdir, metrics):
         assert scalars[tag] == pytest.approx({m["epoch"]: m[tag] for m in metrics}, rel=1e-6)
 
 
-@pytest.mark.parametrize("pipeline", ["device", "stream"])
+@pytest.mark.parametrize("pipeline", ["device", pytest.param("stream", marks=pytest.mark.slow)])
 def test_an_epoch_trains_every_example_once_with_the_last_partial_batch(pipeline, make_config,
                                                                          tmp_path):
     """d2l's epoch at the course's batch: ceil(1,003 / 256) = 4 steps, the last of 235 examples."""

@@ -97,6 +97,7 @@ def test_a_masked_step_equals_an_unpadded_step_on_its_real_examples(num_devices,
     assert max_abs_difference(masked[0].params, state.params) > 1e-3  # the step did something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device_loop", [False, True])
 def test_chunking_does_not_change_a_single_bit(device_loop):
     a = train_steps(2, global_batch=8, chunks=[1, 5], device_loop=device_loop)
@@ -107,6 +108,7 @@ def test_chunking_does_not_change_a_single_bit(device_loop):
     assert a[1] == b[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device_loop", [False, True])
 def test_non_finite_loss_stops_and_keeps_the_last_good_state(device_loop):
     # after the first step's parameters of ~1e35, the next step's BatchNorm statistics overflow
@@ -119,6 +121,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(device_loop):
     assert bad[1]["count"] == 8 * bad[1]["bad_step"]  # only the good steps were counted
 
 
+@pytest.mark.slow
 def test_steps_in_a_device_loop_match_steps_dispatched_one_by_one():
     looped = train_steps(2, global_batch=8, chunks=[3], device_loop=True)
     dispatched = train_steps(2, global_batch=8, chunks=[3], device_loop=False)
@@ -126,6 +129,7 @@ def test_steps_in_a_device_loop_match_steps_dispatched_one_by_one():
     assert looped[1]["count"] == dispatched[1]["count"] == 24
 
 
+@pytest.mark.slow
 def test_bfloat16_steps_keep_float32_parameters_and_statistics():
     state, totals = train_steps(2, global_batch=8, chunks=[2], dtype=jnp.bfloat16)
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
@@ -239,6 +243,7 @@ def test_fine_tuning_options_that_make_no_sense_are_one_line(options, message):
     optimizers.check_finetune_options(init_from="torchvision:resnet18", head_lr_multiplier=10, freeze="backbone")
 
 
+@pytest.mark.slow
 def test_a_frozen_backbone_keeps_its_batch_statistics_and_parameters():
     frozen = train_steps(2, global_batch=8, chunks=[2], freeze="backbone")
     trained = train_steps(2, global_batch=8, chunks=[2])
