@@ -86,9 +86,11 @@ def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed:
         init = init.lower(key).compile({"xla_backend_optimization_level": 0,
                                         "xla_llvm_disable_expensive_passes": True})
     variables = init(key)
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables.get("batch_stats", {}))
-    return state.replace(step=np.int32(0))
+    # one compiled program for the optimizer's state, not one per parameter shape run eagerly
+    # (Adam's zeros: some 60 programs for GoogLeNet)
+    return TrainState(step=np.int32(0), apply_fn=model.apply, params=variables["params"], tx=tx,
+                      opt_state=jax.jit(tx.init)(variables["params"]),
+                      batch_stats=variables.get("batch_stats", {}))
 
 
 # ----------------------------------------------------------------------------------------------- the step
