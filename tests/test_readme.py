@@ -97,15 +97,10 @@ RUNNABLE = [block for i, block in enumerate(RUNNABLE) if block not in RUNNABLE[:
 def is_slow(block) -> bool:
     """Whether a block trains more than once, or trains or summarises a network bigger than
     LeNet-BN: seconds of compiling each, even shrunk, so slow (pytest.ini)."""
-    lenets = ("lenet_bn", "lenet_bn_scratch")
-    if sum(command.startswith("python train.py") for command in block) > 1:
-        return True
-    for command in block:
-        tool_model = re.search(r"--models? (\w+)", command)
-        if command.startswith("python train.py") and config_model(command) not in lenets or \
-                tool_model and tool_model.group(1) not in lenets:
-            return True
-    return False
+    trainings = [command for command in block if command.startswith("python train.py")]
+    networks = [config_model(command) for command in trainings] + \
+        re.findall(r"--models? (\w+)", " ".join(block))
+    return len(trainings) > 1 or any(name not in ("lenet_bn", "lenet_bn_scratch") for name in networks)
 
 
 @pytest.mark.parametrize("block", [
