@@ -15,7 +15,9 @@ What the processes must agree on, and how:
 
 A process that dies (SIGKILL, a crashed host) stops the others within the heartbeat timeout: the
 runtime aborts them, and the output filter started by `join` turns its fatal log into one line
-that names the lost process. Complete checkpoints are never touched by this.
+that names the lost process. A collective that was half done when its peer died can abort a
+process sooner, from inside gloo (the CPU collectives' transport): the filter turns that abort into
+the same line. Complete checkpoints are never touched by this.
 """
 from __future__ import annotations
 
@@ -90,7 +92,9 @@ def join(*, coordinator_address: str | None = None, num_processes: int | None = 
         not_joined = (f"error: could not join the cluster at {where} within "
                       f"{initialization_timeout} s; start process 0 first and check "
                       "--coordinator_address (HOST:PORT of process 0, reachable from here)")
-    _filter_output(not_joined)
+    others = (f"process {1 - process_id}" if num_processes == 2 and process_id is not None
+              else "another process")
+    _filter_output(not_joined, others)
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address, num_processes=num_processes,
@@ -203,16 +207,20 @@ def lost_peer(error: BaseException, wait_seconds: float) -> None:
 _NOISE = re.compile(r"\[Gloo\] Rank|connected peer ranks| peer ranks\. | is connected to ")
 _GLOO_MESSAGE_END = "Expected number of connected peer ranks is :"
 _RUNTIME_FATAL = re.compile(r"^[EF]\d{4} .*(coordination_service|client\.h|distributed)")
+# gloo throws from its own thread when a peer vanishes mid-collective (its socket reset, or the
+# surviving ranks left at different collectives): C++ terminates the process.
+_GLOO_ABORT = re.compile(r"^terminate called after throwing an instance of 'gloo::", re.M)
 
 
-def _filter_output(not_joined: str):
+def _filter_output(not_joined: str, others: str):
     """Runs this process's stdout and stderr through a small child process that drops the
     collectives' chatter (gloo's "connected" lines) and turns the runtime's fatal abort (another
     process died) into one line on stderr.
 
     Forked before the distributed runtime starts any thread. The child ends when every writer of
     the pipes is gone, i.e. after this process ends, however it ends. `not_joined` is the line
-    for an abort while joining.
+    for an abort while joining; `others` names the lost process where the abort does not (a gloo
+    abort names no rank): "process 1" in a cluster of two, else "another process".
     """
     if not hasattr(os, "fork"):
         return
@@ -226,7 +234,8 @@ def _filter_output(not_joined: str):
         try:
             for read_fd, write_fd in pipes.values():
                 os.close(write_fd)
-            _run_filter({pipes[fd][0]: originals[fd] for fd in (1, 2)}, originals[2], not_joined)
+            _run_filter({pipes[fd][0]: originals[fd] for fd in (1, 2)}, originals[2], not_joined,
+                        others)
         finally:
             os._exit(0)
     for fd, (read_fd, write_fd) in pipes.items():
@@ -236,7 +245,7 @@ def _filter_output(not_joined: str):
         os.close(originals[fd])
 
 
-def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
+def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str, others: str):
     """Copies each pipe of `routes` (read fd -> output fd) line by line until all are closed."""
     import selectors
 
@@ -261,7 +270,7 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
                 if line.startswith("error: "):  # ours: says it all
                     said_error = True
                     os.write(routes[fd], raw)
-                elif fatal or _RUNTIME_FATAL.match(line):
+                elif fatal or _RUNTIME_FATAL.match(line) or _GLOO_ABORT.match(line):
                     fatal.append(line)
                 elif _NOISE.search(line):
                     gloo_newlines_owed[fd] = max(
@@ -272,12 +281,13 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str):
                     os.write(routes[fd], raw)
     if fatal and not said_error:
         log = "".join(fatal)
-        line = not_joined if "RegisterTask" in log else lost_process_message(log)
+        line = not_joined if "RegisterTask" in log else lost_process_message(log, others)
         os.write(stderr_fd, (line + "\n").encode())
 
 
-def lost_process_message(log: str) -> str:
-    """The runtime's fatal log (another process died) -> one line naming the lost process."""
+def lost_process_message(log: str, others: str = "another process") -> str:
+    """The runtime's or gloo's fatal log (another process died) -> one line naming the lost
+    process; `others` where the log does not name it."""
     lost = []
     unhealthy = re.search(r"stopped sending heartbeats\):\s*\n([\d,\s]+?)\n\s*\D", log)
     if unhealthy:
@@ -288,7 +298,9 @@ def lost_process_message(log: str) -> str:
     elif "coordination_service" in log or "CoordinationService" in log:
         who = "process 0 (the coordinator)"
     else:
-        who = "another process"
-    return (f"error: lost {who} of the cluster (killed, crashed or unreachable: no heartbeat "
-            "within --heartbeat_timeout_seconds); this process stopped too. Complete checkpoints "
-            "are kept: start every process again with the same command to resume")
+        who = others
+    how = ("a collective with it broke off" if _GLOO_ABORT.search(log) and not lost
+           else "no heartbeat within --heartbeat_timeout_seconds")
+    return (f"error: lost {who} of the cluster (killed, crashed or unreachable: {how}); this "
+            "process stopped too. Complete checkpoints are kept: start every process again with "
+            "the same command to resume")

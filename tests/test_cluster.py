@@ -298,7 +298,7 @@ def test_explicit_cluster_flags_come_together():
 GLOO = b"[Gloo] Rank 1 is connected to 1 peer ranks. Expected number of connected peer ranks is : 1"
 
 
-def filtered(*chunks: bytes) -> tuple[bytes, bytes]:
+def filtered(*chunks: bytes, others="process 1") -> tuple[bytes, bytes]:
     """What the output filter lets through of `chunks` written to one of its pipes: (out, err)."""
     from flaxcnn import cluster
 
@@ -307,7 +307,7 @@ def filtered(*chunks: bytes) -> tuple[bytes, bytes]:
     for chunk in chunks:
         os.write(source_write, chunk)
     os.close(source_write)
-    cluster._run_filter({source_read: out_write}, err_write, "not joined")
+    cluster._run_filter({source_read: out_write}, err_write, "not joined", others)
     os.close(out_write)
     os.close(err_write)
     with os.fdopen(out_read, "rb") as out, os.fdopen(err_read, "rb") as err:
@@ -341,6 +341,41 @@ def test_output_filter_turns_the_runtimes_abort_into_one_line():
                         b"heartbeat timeout\n", b"*** Check failure stack trace: ***\n")
     assert out == b"epoch 1\n"
     assert err.decode().startswith("error: lost process 1 of the cluster") and err.count(b"\n") == 1
+
+
+# What process 0 of two printed in CI (2026-12-07) when process 1 was killed during a collective:
+# gloo threw from its own thread before the heartbeat timeout, and C++ terminated the process.
+GLOO_ABORT = (b"terminate called after throwing an instance of 'gloo::EnforceNotMet'\n"
+              b"  what():  [enforce fail at external/gloo/gloo/transport/tcp/pair.cc:459] "
+              b"op.preamble.length <= op.nbytes. 8 vs 4. Received data size doesn't match expected "
+              b"size. Is there a distributed collective mismatch in your code?\n"
+              b"Fatal Python error: Aborted\n\n"
+              b"Thread 0x00007fdf1c675b80 (most recent call first):\n"
+              b'  File "flaxcnn/pipelines.py", line 77 in timed_chunks\n')
+
+
+@pytest.mark.parametrize("others", ["process 1", "another process"])
+def test_output_filter_turns_gloos_abort_into_one_line(others):
+    out, err = filtered(b"epoch 1\n", GLOO_ABORT, others=others)
+    assert out == b"epoch 1\n" and err.count(b"\n") == 1
+    assert err.decode().startswith(f"error: lost {others} of the cluster (killed, crashed or "
+                                   "unreachable: a collective with it broke off)"), err
+
+
+def test_the_lost_process_is_named_by_the_cluster_flags(monkeypatch):
+    """join hands the filter the one other process of a cluster of two, from the flags."""
+    import jax
+
+    from flaxcnn import cluster
+
+    handed = []
+    monkeypatch.setattr(cluster, "_filter_output", lambda *args: handed.append(args[1]))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: None)
+    for process_id, num_processes in [(0, 2), (1, 2), (1, 3)]:
+        cluster.join(coordinator_address="localhost:1234", num_processes=num_processes,
+                     process_id=process_id)
+    cluster.join()
+    assert handed == ["process 1", "process 0", "another process", "another process"]
 
 
 # --- an image folder streamed from its cache (the host stream), with TensorFlow hidden -----------
