@@ -362,6 +362,24 @@ def test_output_filter_turns_gloos_abort_into_one_line(others):
                                    "unreachable: a collective with it broke off)"), err
 
 
+def test_a_process_that_gloo_aborts_prints_one_line():
+    """The whole route: a process with the filter in front of its output writes gloo's message and
+    aborts as C++'s terminate does; what reaches the terminal is its stdout and the one line."""
+    script = ("import os, sys\n"
+              "from flaxcnn import cluster\n"
+              "cluster._filter_output('not joined', 'process 1')\n"
+              "print('epoch 1', flush=True)\n"
+              f"os.write(2, {GLOO_ABORT!r})\n"
+              "os.abort()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGABRT
+    assert done.stdout == b"epoch 1\n"
+    assert done.stderr.decode().startswith("error: lost process 1 of the cluster (killed, "
+                                           "crashed or unreachable: a collective with it broke "
+                                           "off)") and done.stderr.count(b"\n") == 1, done.stderr
+
+
 def test_the_lost_process_is_named_by_the_cluster_flags(monkeypatch):
     """join hands the filter the one other process of a cluster of two, from the flags."""
     import jax
