@@ -213,7 +213,8 @@ def start_from_weights(config, train_state: training.TrainState) -> training.Tra
         print(f"starting from the weights of {config.init_from}; inputs normalized: "
               f"{input_normalization(config)} (--config.normalize)", flush=True)
     return train_state.replace(params=start["params"], batch_stats=start.get("batch_stats", {}),
-                               opt_state=train_state.tx.init(start["params"]))
+                               opt_state=training.fresh_opt_state(train_state.tx,
+                                                                  start["params"]))
 
 
 def input_normalization(config) -> str:

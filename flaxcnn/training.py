@@ -86,11 +86,15 @@ def create_train_state(model_name: str, tx, *, input_shape: Sequence[int], seed:
         init = init.lower(key).compile({"xla_backend_optimization_level": 0,
                                         "xla_llvm_disable_expensive_passes": True})
     variables = init(key)
-    # one compiled program for the optimizer's state, not one per parameter shape run eagerly
-    # (Adam's zeros: some 60 programs for GoogLeNet)
     return TrainState(step=np.int32(0), apply_fn=model.apply, params=variables["params"], tx=tx,
-                      opt_state=jax.jit(tx.init)(variables["params"]),
+                      opt_state=fresh_opt_state(tx, variables["params"]),
                       batch_stats=variables.get("batch_stats", {}))
+
+
+def fresh_opt_state(tx, params):
+    """`tx.init(params)` as one compiled program, not one per parameter shape run eagerly (Adam's
+    zeros: some 60 programs for GoogLeNet)."""
+    return jax.jit(tx.init)(params)
 
 
 # ----------------------------------------------------------------------------------------------- the step
