@@ -285,7 +285,7 @@ def _run_filter(routes: dict[int, int], stderr_fd: int, not_joined: str, others:
         os.write(stderr_fd, (line + "\n").encode())
 
 
-def lost_process_message(log: str, others: str = "another process") -> str:
+def lost_process_message(log: str, others: str) -> str:
     """The runtime's or gloo's fatal log (another process died) -> one line naming the lost
     process; `others` where the log does not name it."""
     lost = []
